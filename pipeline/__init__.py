@@ -1,0 +1,1 @@
+"""Data pipeline: recipes, the Ray build runner, mixing, the CLI."""
