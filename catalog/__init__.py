@@ -1,0 +1,1 @@
+"""The build catalog (DuckDB): builds, stage runs, shards, rejections."""

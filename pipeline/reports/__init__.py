@@ -1,0 +1,1 @@
+"""Report sections: each module registers its sections with pipeline.report.section."""
