@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.recipe import MixConfig, TrainingStageMix
-from pipeline.schema import SAMPLE_SCHEMA, STATUS_KEPT, TASKS, to_shard
+from pipeline.schema import STATUS_KEPT, TASKS, shard_schema, to_shard
 
 
 class MixError(ValueError):
@@ -228,7 +228,7 @@ def _assemble(part: np.ndarray, streams: list[SourceStream], start: int) -> pa.T
         where = part == i
         rank[where] = np.arange(int(where.sum()))
     index = offsets[part] + rank
-    return pa.concat_tables(tables).take(pa.array(index)).cast(SAMPLE_SCHEMA)
+    return pa.concat_tables(tables).take(pa.array(index)).cast(shard_schema())
 
 
 def _describe_shard(result: MixResult, final_path: Path, written: Path, table: pa.Table, names: list[str], part: np.ndarray) -> None:

@@ -6,6 +6,7 @@ added, removed or changes meaning, and note it in README's "Sample schema" secti
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any, Iterable
@@ -120,9 +121,21 @@ def conform(table: pa.Table, keep_extra: bool = True) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
+@functools.lru_cache(maxsize=1)
+def shard_schema() -> pa.Schema:
+    """SAMPLE_SCHEMA plus the Hugging Face features metadata that makes `image` a datasets.Image."""
+    import datasets
+
+    features = datasets.Features.from_arrow_schema(SAMPLE_SCHEMA)
+    features["image"] = datasets.Image()
+    meta = dict(SAMPLE_SCHEMA.metadata)
+    meta.update(features.arrow_schema.metadata)
+    return SAMPLE_SCHEMA.with_metadata(meta)
+
+
 def to_shard(table: pa.Table) -> pa.Table:
     """Strip work-only columns: what remains is exactly SAMPLE_SCHEMA (with its version)."""
-    return conform(table, keep_extra=False).select(list(SAMPLE_COLUMNS)).cast(SAMPLE_SCHEMA)
+    return conform(table, keep_extra=False).select(list(SAMPLE_COLUMNS)).cast(shard_schema())
 
 
 def check_shard_schema(schema: pa.Schema, where: str = "shard") -> None:
