@@ -111,11 +111,13 @@ class SourceStream:
     def __init__(self, rows: SourceRows, seed: int, buffer: int, policy: str, events: list[dict]):
         self.src, self.seed, self.buffer, self.policy, self.events = rows, seed, buffer, policy, events
         self.epoch, self.served = 0, 0
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
+        self._window: pa.Table | None = None
+        self._perm = np.empty(0, dtype=np.int64)
+        self._cursor = 0
         self._iter = self._epoch_rows(0)
 
-    def _epoch_rows(self, epoch: int) -> Iterator[pa.Table]:
+    def _epoch_rows(self, epoch: int) -> Iterator[tuple[pa.Table, np.ndarray]]:
+        """Windows of >= `buffer` rows with a permutation each (applied later, in one take)."""
         order_epoch = 0 if self.policy == "repeat" else epoch
         rng = np.random.default_rng(_seed(self.seed, self.src.name, order_epoch))
         files = [self.src.files[i] for i in rng.permutation(len(self.src.files))]
@@ -124,35 +126,33 @@ class SourceStream:
         for f in files:
             t = pq.read_table(f, filters=[("status", "=", STATUS_KEPT)])
             if t.num_rows:
-                window.append(t)
+                window.append(to_shard(t))
                 size += t.num_rows
             if size >= self.buffer:
-                yield _shuffled(window, rng)
+                yield pa.concat_tables(window), rng.permutation(size)
                 window, size = [], 0
         if window:
-            yield _shuffled(window, rng)
+            yield pa.concat_tables(window), rng.permutation(size)
 
-    def take(self, n: int, position: int) -> pa.Table:
-        while self._pending_rows < n:
-            chunk = next(self._iter, None)
-            if chunk is None:
-                self.epoch += 1
-                self.events.append({"source": self.src.name, "event": self.policy, "position": position,
-                                    "detail": f"exhausted after {self.served + self._pending_rows} rows; pass {self.epoch + 1}"})
-                self._iter = self._epoch_rows(self.epoch)
-                continue
-            self._pending.append(chunk)
-            self._pending_rows += chunk.num_rows
-        table = pa.concat_tables(self._pending)
-        out, rest = table.slice(0, n), table.slice(n)
-        self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
-        self.served += n
-        return out
-
-
-def _shuffled(tables: list[pa.Table], rng: np.random.Generator) -> pa.Table:
-    table = pa.concat_tables(tables, promote_options="permissive")
-    return table.take(pa.array(rng.permutation(table.num_rows)))
+    def take(self, n: int, position: int) -> list[tuple[pa.Table, np.ndarray]]:
+        """The next n rows, as (window, row indices into it) pieces."""
+        pieces = []
+        while n:
+            if self._window is None or self._cursor == len(self._perm):
+                nxt = next(self._iter, None)
+                if nxt is None:
+                    self.epoch += 1
+                    self.events.append({"source": self.src.name, "event": self.policy, "position": position,
+                                        "detail": f"exhausted after {self.served} rows; pass {self.epoch + 1}"})
+                    self._iter = self._epoch_rows(self.epoch)
+                    continue
+                (self._window, self._perm), self._cursor = nxt, 0
+            k = min(n, len(self._perm) - self._cursor)
+            pieces.append((self._window, self._perm[self._cursor:self._cursor + k]))
+            self._cursor += k
+            self.served += k
+            n -= k
+        return pieces
 
 
 def mix_stage(name: str, spec: TrainingStageMix, cfg: MixConfig, sources: dict[str, SourceRows],
@@ -184,7 +184,8 @@ def mix_stage(name: str, spec: TrainingStageMix, cfg: MixConfig, sources: dict[s
         part = plan[start:start + shard_rows]
         table = _assemble(part, streams, start)
         path = tmp / f"shard-{k:05d}.parquet"
-        pq.write_table(table, path)
+        # dictionary-encode only the low-cardinality columns: ids, text and images are unique
+        pq.write_table(table, path, use_dictionary=["task", "source"])
         _describe_shard(result, out_dir / path.name, path, table, names, part)
     manifest = {"training_stage": name, "build_id": build_id, "global_batch": B, "ratio": spec.ratio,
                 "sources": spec.sources, "rows": result.rows, "batches": result.batches,
@@ -214,21 +215,25 @@ def _truncate_at_exhaustion(plan: np.ndarray, names: list[str], sources: dict[st
 
 
 def _assemble(part: np.ndarray, streams: list[SourceStream], start: int) -> pa.Table:
-    """Rows for one shard, in plan order: gather per source, then one vectorised take."""
-    tables, offsets, offset = [], np.zeros(len(streams), dtype=np.int64), 0
+    """Rows for one shard in plan order, gathered with a single vectorised take."""
+    windows: list[pa.Table] = []
+    window_offset: dict[int, int] = {}
+    source_rows: list[np.ndarray] = []  # per source: row indices into the concatenated windows
+    total = 0
     for i, stream in enumerate(streams):
         need = int((part == i).sum())
-        offsets[i] = offset
-        if need:
-            tables.append(to_shard(stream.take(need, start)))
-            offset += need
-    # index of each position = its source's offset + how many of that source came before it
-    rank = np.zeros(len(part), dtype=np.int64)
-    for i in range(len(streams)):
-        where = part == i
-        rank[where] = np.arange(int(where.sum()))
-    index = offsets[part] + rank
-    return pa.concat_tables(tables).take(pa.array(index)).cast(shard_schema())
+        idx = []
+        for window, rows in (stream.take(need, start) if need else []):
+            if id(window) not in window_offset:
+                window_offset[id(window)] = total
+                windows.append(window)
+                total += window.num_rows
+            idx.append(rows + window_offset[id(window)])
+        source_rows.append(np.concatenate(idx) if idx else np.empty(0, dtype=np.int64))
+    index = np.empty(len(part), dtype=np.int64)
+    for i, rows in enumerate(source_rows):
+        index[part == i] = rows  # positions of source i, in order, take its rows in order
+    return pa.concat_tables(windows).take(pa.array(index))
 
 
 def _describe_shard(result: MixResult, final_path: Path, written: Path, table: pa.Table, names: list[str], part: np.ndarray) -> None:

@@ -121,15 +121,27 @@ def conform(table: pa.Table, keep_extra: bool = True) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
+def _hf_feature(t: pa.DataType) -> dict:
+    """The Hugging Face `datasets` feature JSON for an Arrow type (Value, List, struct dict)."""
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _hf_feature(t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t):
+        return {"feature": _hf_feature(t.value_type), "_type": "List"}
+    dtype = {pa.string(): "string", pa.binary(): "binary", pa.float32(): "float32"}.get(t, str(t))
+    return {"dtype": dtype, "_type": "Value"}
+
+
 @functools.lru_cache(maxsize=1)
 def shard_schema() -> pa.Schema:
-    """SAMPLE_SCHEMA plus the Hugging Face features metadata that makes `image` a datasets.Image."""
-    import datasets
+    """SAMPLE_SCHEMA plus the `huggingface` metadata that makes `image` decode as datasets.Image.
 
-    features = datasets.Features.from_arrow_schema(SAMPLE_SCHEMA)
-    features["image"] = datasets.Image()
+    Written here rather than through `datasets.Features` so that shard writing (and every Ray
+    worker) does not pay the import of `datasets`; a test checks both agree.
+    """
+    features = {f.name: _hf_feature(f.type) for f in SAMPLE_FIELDS}
+    features["image"] = {"_type": "Image"}
     meta = dict(SAMPLE_SCHEMA.metadata)
-    meta.update(features.arrow_schema.metadata)
+    meta[b"huggingface"] = json.dumps({"info": {"features": features}}).encode()
     return SAMPLE_SCHEMA.with_metadata(meta)
 
 

@@ -124,3 +124,14 @@ def test_shards_open_with_hf_datasets_and_decode_images(tmp_path):
     img = ds[0]["image"]
     assert img.size == (8, 6) and img.getpixel((0, 0)) == (200, 10, 10)
     assert to_shard(make_rows(rows[:1])).schema.metadata[b"janus_forge.schema_version"] == b"1"
+
+
+def test_hand_written_hf_features_match_datasets():
+    import datasets
+
+    from pipeline.schema import SAMPLE_SCHEMA, shard_schema
+
+    expected = datasets.Features.from_arrow_schema(SAMPLE_SCHEMA)
+    expected["image"] = datasets.Image()
+    ours = datasets.Features.from_arrow_schema(shard_schema())
+    assert ours == expected

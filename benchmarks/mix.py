@@ -1,0 +1,130 @@
+"""Benchmark: mixing + shard writing vs DuckDB writing the same rows to Parquet (COPY ... TO).
+
+Both read the same work files (kept rows only) and write Parquet; each run happens in a fresh
+child process so its peak RSS is its own. Prints rows/s for both, the ratio (goal >= 0.8) and
+our peak memory at two sizes (goal: flat), then one JSON line.
+    python benchmarks/mix.py [--rows 1000000] [--small-rows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_inputs(root: Path, rows: int, part_rows: int = 16_384) -> dict:
+    """Three sources (two generation, one text) of synthetic work rows, a few filtered."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.schema import conform, sample_id
+    from pipeline.workdir import write_part
+
+    rng = np.random.default_rng(0)
+    plan = {"real": ("generation", rows * 3 // 8), "synth": ("generation", rows * 3 // 8), "txt": ("text", rows // 4)}
+    out = {}
+    for name, (task, n) in plan.items():
+        files = []
+        for start in range(0, n, part_rows):
+            k = min(part_rows, n - start)
+            keys = [str(i) for i in range(start, start + k)]
+            words = rng.integers(0, 50_000, size=(k, 12))
+            text = [" ".join(f"w{w}" for w in row) for row in words]
+            table = pa.table({
+                "sample_id": [sample_id(name, key) for key in keys], "task": [task] * k, "source": [name] * k,
+                "source_key": keys, "prompt": text if task == "generation" else [None] * k,
+                "text": text if task == "text" else [None] * k,
+            })
+            f = root / "work" / name / f"part-{start // part_rows:05d}.parquet"
+            write_part(f, conform(table))
+            files.append(str(f))
+        out[name] = {"task": task, "files": files, "rows": n}
+    return out
+
+
+def run_ours(inputs: dict, out: Path, rows: int) -> float:
+    from pipeline.mix import SourceRows, mix_stage
+    from pipeline.recipe import MixConfig, TrainingStageMix
+
+    B = 512
+    spec = TrainingStageMix(ratio={"understanding": 0, "text": 1, "generation": 3},
+                            sources={n: 1 for n in inputs}, batches=rows // B)
+    cfg = MixConfig(global_batch=B, rows_per_shard=65_536, shuffle_buffer=65_536, stages={"s": spec})
+    sources = {n: SourceRows(n, v["task"], [Path(f) for f in v["files"]], v["rows"]) for n, v in inputs.items()}
+    t0 = time.perf_counter()
+    result = mix_stage("stage2", spec, cfg, sources, out / "shards" / "stage2", "bench")
+    return result.rows / (time.perf_counter() - t0)
+
+
+def run_duckdb(inputs: dict, out: Path, rows: int) -> float:
+    import duckdb
+
+    files = [f for v in inputs.values() for f in v["files"]]
+    con = duckdb.connect()
+    t0 = time.perf_counter()
+    con.execute(f"COPY (SELECT * EXCLUDE (status, reason, detail) FROM read_parquet(?) WHERE status = 'kept' LIMIT {rows}) "
+                f"TO '{out / 'duck.parquet'}' (FORMAT parquet)", [files])
+    return rows / (time.perf_counter() - t0)
+
+
+def child(kind: str, inputs_json: str, out: str, rows: int) -> None:
+    inputs = json.loads(Path(inputs_json).read_text())
+    rate = (run_ours if kind == "ours" else run_duckdb)(inputs, Path(out), rows)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rate": rate, "peak_mb": peak_mb}))
+
+
+def measure(kind: str, inputs_json: Path, out: Path, rows: int) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--child", kind, str(inputs_json), str(out), str(rows)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def best_of(repeats: int, inputs_json: Path, out: Path, rows: int) -> tuple[dict, dict]:
+    """Alternate ours and DuckDB so both see the same machine load; keep each one's best run."""
+    ours, duck = [], []
+    for _ in range(repeats):
+        duck.append(measure("duckdb", inputs_json, out, rows))
+        ours.append(measure("ours", inputs_json, out, rows))
+    pick = lambda runs: {"rate": max(r["rate"] for r in runs), "peak_mb": max(r["peak_mb"] for r in runs)}  # noqa: E731
+    return pick(ours), pick(duck)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--small-rows", type=int, default=200_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, inputs_json, out, rows = args.child
+        return child(kind, inputs_json, out, int(rows))
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rows in (args.small_rows, args.rows):
+            root = Path(tmp) / str(rows)
+            inputs = make_inputs(root, rows)
+            (root / "inputs.json").write_text(json.dumps(inputs))
+            ours, duck = best_of(args.repeats, root / "inputs.json", root, rows)
+            results[rows] = (ours, duck)
+            print(f"{rows:>9,} rows  ours {ours['rate']:>10,.0f} rows/s (peak {ours['peak_mb']:.0f} MB)  "
+                  f"duckdb COPY {duck['rate']:>10,.0f} rows/s (peak {duck['peak_mb']:.0f} MB)  ratio {ours['rate'] / duck['rate']:.2f}")
+    ours, duck = results[args.rows]
+    small = results[args.small_rows][0]
+    print(f"peak memory, ours: {small['peak_mb']:.0f} MB at {args.small_rows:,} rows, {ours['peak_mb']:.0f} MB at {args.rows:,} rows")
+    print(json.dumps({"benchmark": "mix", "ours": round(ours["rate"]), "baseline": round(duck["rate"]), "unit": "rows/s",
+                      "ratio": round(ours["rate"] / duck["rate"], 3), "peak_mb": {str(args.small_rows): round(small["peak_mb"]), str(args.rows): round(ours["peak_mb"])}}))
+
+
+if __name__ == "__main__":
+    main()
