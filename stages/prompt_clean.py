@@ -124,7 +124,7 @@ class CleanPrompts(Stage):
         if not words:
             return "empty", "nothing left after removing Midjourney parameters, URLs and weights"
         if words < cfg.min_words:
-            return "too_short", f"{words} words < min_words {cfg.min_words}"
+            return "too_short", f"word count {words} < min_words {cfg.min_words}"
         if len(text) > cfg.max_chars:
             return "too_long", f"{len(text)} characters > max_chars {cfg.max_chars}"
         if self._blocked is not None and (m := self._blocked.search(text)):

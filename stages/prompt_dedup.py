@@ -31,6 +31,10 @@ class DedupPromptsConfig(StageConfig):
     shingle_size: int = Field(3, ge=1, le=10, description="words per shingle")
     threshold: float = Field(0.8, gt=0.0, lt=1.0, description="estimated Jaccard at or above which prompts are near-duplicates")
     seed: int = 1
+    # LSH only proposes candidates and each one is checked against `threshold`, so its bands
+    # favour recall: with (0.5, 0.5) datasketch finds 40% of pairs at Jaccard 0.8, with
+    # (0.1, 0.9) 87%, and 97% at 0.85.
+    false_negative_weight: float = Field(0.9, gt=0.0, lt=1.0)
 
 
 @register
@@ -67,7 +71,8 @@ class DedupPrompts(Stage):
             unique_words.append(norm.split())
         # bulk() hashes all shingle sets with one set of permutations (no per-prompt setup)
         sketches = MinHash.bulk((shingles(w, cfg.shingle_size) for w in unique_words), num_perm=cfg.num_perm, seed=cfg.seed)
-        lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+        weights = (1.0 - cfg.false_negative_weight, cfg.false_negative_weight)
+        lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=weights)
         kept_sketch: dict[str, MinHash] = {}
         dropped: dict[str, tuple[str, str]] = {}
         # Greedy leaders in sample_id order: a prompt is compared only with prompts already kept,
