@@ -141,7 +141,7 @@ class CleanPrompts(Stage):
             if previous[0] != STATUS_KEPT:  # failed at the source: pass through untouched
                 verdicts.append(previous)
                 continue
-            raw = prompts[i]
+            raw = prompts[i] or ""
             cleaned = clean_prompt(raw)
             reason, detail = self.verdict(cleaned)
             meta = json.loads(metas[i]) if metas[i] else {}

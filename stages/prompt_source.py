@@ -172,7 +172,15 @@ def _csv_records(path: Path, column: str, key_column: str | None) -> Iterator[Re
         header = next(reader, None) or []
         index = {name: i for i, name in enumerate(header)}
         start = reader.line_num + 1
-        for fields in reader:
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:  # e.g. a field over csv.field_size_limit(): fail the record
+                line, start = start, reader.line_num + 1
+                yield line, None, ("bad_csv", str(err))
+                continue
             line, start = start, reader.line_num + 1  # a quoted field may span several lines
             if not fields or not any(f.strip() for f in fields):
                 yield line, None, ("empty_line", "blank line")

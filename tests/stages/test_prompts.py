@@ -297,6 +297,16 @@ def test_source_csv_bad_bytes_and_short_rows(tmp_path):
     assert table["prompt"].to_pylist()[4] == "a multi\nline prompt about boats"
 
 
+def test_source_csv_huge_fields(tmp_path):
+    # 200 KB is over the csv module's field limit: that record fails, the file goes on
+    (tmp_path / "huge.csv").write_text('prompt\n"' + "x" * 200_000 + '"\n"' + "a bird " * 7_000 + '"\nsmall dog on a sofa\n')
+    table = read_all(source(tmp_path, ["huge.csv"]))
+    assert verdicts(table) == [("failed", "bad_csv"), ("kept", None), ("kept", None)]
+    assert "field limit" in table["detail"][0].as_py()
+    out = CleanPrompts(CleanPrompts.Config(stage="clean_prompts"), ctx()).run(table)
+    assert verdicts(out) == [("failed", "bad_csv"), ("filtered", "too_long"), ("kept", None)]
+
+
 def test_source_parquet_non_string_and_null_prompts(tmp_path):
     pq.write_table(pa.table({"prompt": [1, None, 3]}), tmp_path / "ints.parquet")
     pq.write_table(pa.table({"prompt": ["fine prompt here", None]}), tmp_path / "nulls.parquet")
