@@ -228,6 +228,9 @@ def _columns(path: Path) -> set[str] | None:
         keys: set[str] = set()
         parsed = 0
         with open(path, "rb") as fh:
+            if fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+                raise StageError(f"{path}: a JSON array; prompt files must be JSON Lines (one object per line)")
+            fh.seek(0)
             for raw in fh:
                 try:
                     record = json.loads(raw)

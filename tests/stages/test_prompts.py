@@ -334,6 +334,12 @@ def test_duplicate_and_missing_keys_fail_their_rows(tmp_path):
     assert len(set(table["sample_id"].to_pylist())) == 3
 
 
+def test_json_array_file_is_a_clear_preflight_error(tmp_path):
+    (tmp_path / "arr.json").write_text(json.dumps([{"prompt": "a cat on a mat"}], indent=2))
+    with pytest.raises(StageError, match="JSON Lines"):
+        source(tmp_path, ["arr.json"]).preflight()
+
+
 def test_config_rejects_unknown_formats_and_missing_files(tmp_path):
     (tmp_path / "p.txt").write_text("a prompt\n")
     with pytest.raises(ValidationError, match="must end in one of"):
