@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 from datasketch import MinHash, MinHashLSH
 from pydantic import Field
@@ -13,6 +14,7 @@ from stages.base import Stage, StageConfig, StageError, register, with_verdicts
 
 # Everything but letters and digits separates words: "A Cat, at NIGHT!" == "a cat at night".
 NON_WORD = re.compile(r"[\W_]+")
+SKETCH_CHUNK = 8192
 
 
 def normalise(prompt: str) -> str:
@@ -53,47 +55,54 @@ class DedupPrompts(Stage):
         self._dropped: dict[str, tuple[str, str]] = {}
 
     def plan(self, table: pa.Table) -> None:
-        cfg = self.config
         all_ids, all_prompts = table.column("sample_id").to_pylist(), table.column("prompt").to_pylist()
         order = sorted(range(table.num_rows), key=all_ids.__getitem__)
         ids = [all_ids[i] for i in order]
-        prompts = [all_prompts[i] for i in order]
         first_of: dict[str, str] = {}  # normalised text -> the first sample_id that has it
         copies: dict[str, str] = {}  # exact copy -> that first sample_id
-        unique_ids, unique_words = [], []
-        for sid, prompt in zip(ids, prompts):
-            norm = normalise(prompt or "")
+        unique: dict[str, list[str]] = {}  # first sample_id -> its words, in sample_id order
+        for sid, i in zip(ids, order):
+            norm = normalise(all_prompts[i] or "")
             if norm in first_of:
                 copies[sid] = first_of[norm]
-                continue
-            first_of[norm] = sid
-            unique_ids.append(sid)
-            unique_words.append(norm.split())
-        # bulk() hashes all shingle sets with one set of permutations (no per-prompt setup)
-        sketches = MinHash.bulk((shingles(w, cfg.shingle_size) for w in unique_words), num_perm=cfg.num_perm, seed=cfg.seed)
-        weights = (1.0 - cfg.false_negative_weight, cfg.false_negative_weight)
-        lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=weights)
-        kept_sketch: dict[str, MinHash] = {}
-        dropped: dict[str, tuple[str, str]] = {}
-        # Greedy leaders in sample_id order: a prompt is compared only with prompts already kept,
-        # so every filtered row names a kept one and the result does not depend on input order.
-        for sid, sketch in zip(unique_ids, sketches):
-            best = None
-            for other in sorted(lsh.query(sketch)):
-                score = sketch.jaccard(kept_sketch[other])
-                if score >= cfg.threshold:
-                    best = (other, score)
-                    break
-            if best is None:
-                lsh.insert(sid, sketch, check_duplication=False)
-                kept_sketch[sid] = sketch
             else:
-                dropped[sid] = ("near_duplicate", f"{best[0]} (estimated Jaccard {best[1]:.2f})")
+                first_of[norm] = sid
+                unique[sid] = norm.split()
+        dropped = self._near_duplicates(unique)
         for sid, first in copies.items():
             # a copy of a near-duplicate points at the kept prompt, like the one it copies
             dropped[sid] = dropped.get(first) or ("duplicate", first)
         self._planned = frozenset(ids)
         self._dropped = dropped
+
+    def _near_duplicates(self, unique: dict[str, list[str]]) -> dict[str, tuple[str, str]]:
+        """Greedy leaders in sample_id order: a prompt is compared only with prompts already
+        kept, so every filtered row names a kept one and input order does not matter."""
+        cfg = self.config
+        weights = (1.0 - cfg.false_negative_weight, cfg.false_negative_weight)
+        lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=weights)
+        kept_values: dict[str, np.ndarray] = {}  # uint32 signatures of kept prompts (affine32 fits)
+        dropped: dict[str, tuple[str, str]] = {}
+        ids, words = list(unique), list(unique.values())
+        for start in range(0, len(ids), SKETCH_CHUNK):
+            # bulk() hashes a chunk with one set of permutations (no per-prompt set-up); chunks
+            # keep memory to the kept signatures rather than every sketch at once
+            sketches = MinHash.bulk((shingles(w, cfg.shingle_size) for w in words[start:start + SKETCH_CHUNK]),
+                                    num_perm=cfg.num_perm, seed=cfg.seed, scheme="affine32")
+            for sid, sketch in zip(ids[start:start + SKETCH_CHUNK], sketches):
+                values = sketch.hashvalues.astype(np.uint32)
+                best = None
+                for other in sorted(lsh.query(sketch)):
+                    score = float(np.count_nonzero(values == kept_values[other])) / cfg.num_perm
+                    if score >= cfg.threshold:
+                        best = (other, score)
+                        break
+                if best is None:
+                    lsh.insert(sid, sketch, check_duplication=False)
+                    kept_values[sid] = values
+                else:
+                    dropped[sid] = ("near_duplicate", f"{best[0]} (estimated Jaccard {best[1]:.2f})")
+        return dropped
 
     def process(self, batch: pa.Table) -> pa.Table:
         if self._planned is None:

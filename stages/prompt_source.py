@@ -57,6 +57,10 @@ class MidjourneyPrompts(Source):
         files = self.files()
         if not files:
             raise StageError(f"source {self.context.source!r}: no files match {self.config.paths}")
+        names = [self._file_key(p) for p in files]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise StageError(f"source {self.context.source!r}: files {twice} are matched more than once; row keys would repeat")
         wanted = [c for c in (self.config.column, self.config.key_column) if c]
         for path in files:
             columns = _columns(path)
@@ -69,22 +73,30 @@ class MidjourneyPrompts(Source):
                         f"the file has columns {sorted(columns)}; set `column:` / `key_column:` in the recipe"
                     )
 
+    def _file_key(self, path: Path) -> str:
+        """The file's part of every source_key: its path below the recipe dir, else its name."""
+        try:
+            return path.resolve().relative_to(Path(self.context.recipe_dir).resolve()).as_posix()
+        except ValueError:
+            return path.name
+
     def read(self, path: Path) -> Iterator[pa.Table]:
         records = {"parquet": _parquet_records, "jsonl": _jsonl_records, "csv": _csv_records}[_format(path)]
         rows: list[dict[str, Any]] = []
         seen_keys: set[str] = set()
+        name = self._file_key(path)
         for line, record, error in records(path, self.config.column, self.config.key_column):
-            rows.append(self._row(path, line, record, error, seen_keys))
+            rows.append(self._row(name, line, record, error, seen_keys))
             if len(rows) >= ROWS_PER_TABLE:
                 yield make_rows(rows)
                 rows = []
         if rows:
             yield make_rows(rows)
 
-    def _row(self, path: Path, line: int, record: dict | None, error: tuple[str, str] | None, seen_keys: set[str]) -> dict[str, Any]:
+    def _row(self, name: str, line: int, record: dict | None, error: tuple[str, str] | None, seen_keys: set[str]) -> dict[str, Any]:
         """A work row; a record that cannot be read becomes a failed row naming file and line."""
-        key = f"{path.name}:{line}"
-        meta: dict[str, Any] = {"file": path.name, "line": line}
+        key = f"{name}:{line}"
+        meta: dict[str, Any] = {"file": name, "line": line}
         prompt = None
         if error is None:
             prompt, key_value = record.get(self.config.column), None
@@ -99,7 +111,7 @@ class MidjourneyPrompts(Source):
                     else:
                         seen_keys.add(key_value)
                         # `col=value` cannot collide with the numeric line keys failed rows use
-                        key = f"{path.name}:{self.config.key_column}={key_value}"
+                        key = f"{name}:{self.config.key_column}={key_value}"
                         meta["key"] = key_value
             if error is None:
                 error = _check_prompt(self.config.column, prompt)
@@ -110,7 +122,7 @@ class MidjourneyPrompts(Source):
         if error is None:
             row["prompt"] = prompt
         else:
-            row.update(status=STATUS_FAILED, reason=error[0], detail=f"{path.name}:{line}: {error[1]}"[:1000])
+            row.update(status=STATUS_FAILED, reason=error[0], detail=f"{name}:{line}: {error[1]}"[:1000])
         return row
 
 
@@ -216,6 +228,9 @@ def _columns(path: Path) -> set[str] | None:
         keys: set[str] = set()
         parsed = 0
         with open(path, "rb") as fh:
+            if fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+                raise StageError(f"{path}: a JSON array; prompt files must be JSON Lines (one object per line)")
+            fh.seek(0)
             for raw in fh:
                 try:
                     record = json.loads(raw)

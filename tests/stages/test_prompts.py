@@ -334,6 +334,12 @@ def test_duplicate_and_missing_keys_fail_their_rows(tmp_path):
     assert len(set(table["sample_id"].to_pylist())) == 3
 
 
+def test_json_array_file_is_a_clear_preflight_error(tmp_path):
+    (tmp_path / "arr.json").write_text(json.dumps([{"prompt": "a cat on a mat"}], indent=2))
+    with pytest.raises(StageError, match="JSON Lines"):
+        source(tmp_path, ["arr.json"]).preflight()
+
+
 def test_config_rejects_unknown_formats_and_missing_files(tmp_path):
     (tmp_path / "p.txt").write_text("a prompt\n")
     with pytest.raises(ValidationError, match="must end in one of"):
@@ -384,3 +390,14 @@ mix:
     kept_prompts = kept(table)["prompt"].to_pylist()
     assert not any("--" in p or "::" in p or "http" in p or p.startswith("/imagine") for p in kept_prompts)
     assert pc.count_distinct(kept(table)["prompt"]).as_py() == len(kept_prompts)
+
+
+def test_same_file_name_in_two_folders_keeps_keys_apart(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "p.jsonl").write_text(json.dumps({"prompt": "the same prompt in both files"}) + "\n")
+    table = read_all(source(tmp_path, ["a/p.jsonl", "b/p.jsonl"]))
+    assert table["source_key"].to_pylist() == ["a/p.jsonl:1", "b/p.jsonl:1"]
+    assert len(set(table["sample_id"].to_pylist())) == 2
+    with pytest.raises(StageError, match="more than once"):
+        source(tmp_path, ["a/p.jsonl", "a/*.jsonl"]).preflight()
