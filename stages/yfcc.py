@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar, Iterator
 from urllib.parse import unquote_plus
 
+import duckdb
 import pyarrow as pa
 
 from pipeline.schema import STATUS_FAILED, STATUS_FILTERED, STATUS_KEPT, conform, sample_id
@@ -40,49 +41,77 @@ class YfccMetadata(Source):
         return resolve_paths(self.context.recipe_dir, self.config.paths)
 
     def read(self, path: Path) -> Iterator[pa.Table]:
-        src = self.context.source
-        cols: dict[str, list] = {k: [] for k in ("sample_id", "source_key", "meta", "status", "reason", "detail")}
         opener = OPENERS.get(path.suffix, open)
+        batch = _Batch()
         with opener(path, "rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
-                key, meta, verdict = _parse_line(raw, path.name, lineno)
-                cols["sample_id"].append(sample_id(src, key))
-                cols["source_key"].append(key)
-                cols["meta"].append(meta)
-                for name, value in zip(("status", "reason", "detail"), verdict):
-                    cols[name].append(value)
-                if len(cols["sample_id"]) >= self.config.rows_per_table:
-                    yield self._table(cols)
-                    cols = {k: [] for k in cols}
-        if cols["sample_id"]:
-            yield self._table(cols)
+                batch.add(raw, path.name, lineno)
+                if batch.size >= self.config.rows_per_table:
+                    yield batch.table(self.context.source, self.task)
+                    batch = _Batch()
+        if batch.size:
+            yield batch.table(self.context.source, self.task)
 
-    def _table(self, cols: dict[str, list]) -> pa.Table:
-        n = len(cols["sample_id"])
-        arrays = {k: pa.array(v, pa.string()) for k, v in cols.items()}
-        arrays["task"] = pa.array([self.task] * n, pa.string())
-        arrays["source"] = pa.array([self.context.source] * n, pa.string())
-        return conform(pa.table(arrays))
+
+class _Batch:
+    """Column lists for one output table; meta JSON is built by DuckDB for the whole batch at once."""
+
+    NAMES = tuple(FIELDS_25)
+
+    def __init__(self):
+        self.size = 0
+        self.keys: list[str] = []
+        self.fields: dict[str, list[str]] = {n: [] for n in self.NAMES}
+        self.lines: list[str] = []
+        self.verdicts: list[tuple] = []
+
+    def add(self, raw: bytes, fname: str, lineno: int) -> None:
+        where = f"{fname}:{lineno}"
+        self.size += 1
+        self.lines.append(where)
+        parts, verdict = _split(raw, where)
+        if parts is not None:
+            layout = LAYOUTS[len(parts)]
+            for name in self.NAMES:
+                self.fields[name].append(parts[layout[name]])
+            self.keys.append(parts[layout["id"]])
+        else:
+            for name in self.NAMES:
+                self.fields[name].append("")
+            self.keys.append(where)
+        self.verdicts.append(verdict)
+
+    def table(self, source: str, task: str) -> pa.Table:
+        ok = pa.array([v[0] == STATUS_KEPT for v in self.verdicts])
+        cols = {n: pa.array(v, pa.string()) for n, v in self.fields.items()}
+        data = pa.table({**cols, "line": pa.array(self.lines, pa.string()), "ok": ok})
+        fields = ", ".join(f"{n} := {n}" for n in (*self.NAMES, "line"))
+        meta = duckdb.sql(f"select case when ok then to_json(struct_pack({fields}))::varchar end as meta from data").arrow()
+        meta = meta.read_all() if hasattr(meta, "read_all") else meta
+        status, reason, detail = (pa.array(c, pa.string()) for c in zip(*self.verdicts))
+        return conform(pa.table({
+            "sample_id": pa.array([sample_id(source, k) for k in self.keys], pa.string()),
+            "task": pa.array([task] * self.size, pa.string()), "source": pa.array([source] * self.size, pa.string()),
+            "source_key": pa.array(self.keys, pa.string()), "meta": meta.column("meta"),
+            "status": status, "reason": reason, "detail": detail,
+        }))
 
 
 _OK = (STATUS_KEPT, None, None)
 
 
-def _parse_line(raw: bytes, fname: str, lineno: int) -> tuple[str, str | None, tuple]:
-    where = f"{fname}:{lineno}"
+def _split(raw: bytes, where: str) -> tuple[list[str] | None, tuple]:
     try:
         line = raw.rstrip(b"\r\n").decode("utf-8")
     except UnicodeDecodeError as err:
-        return where, None, (STATUS_FAILED, "bad_encoding", f"{where}: {err}")
+        return None, (STATUS_FAILED, "bad_encoding", f"{where}: {err}")
     parts = line.split("\t")
     layout = LAYOUTS.get(len(parts))
     if layout is None:
-        return where, None, (STATUS_FAILED, "bad_column_count", f"{where}: {len(parts)} columns, expected 25 or 23")
-    meta = {name: parts[i] for name, i in layout.items()}
-    if not meta["id"]:
-        return where, None, (STATUS_FAILED, "missing_id", f"{where}: empty photo id")
-    meta["line"] = where
-    return meta["id"], json.dumps(meta, ensure_ascii=False), _OK
+        return None, (STATUS_FAILED, "bad_column_count", f"{where}: {len(parts)} columns, expected 25 or 23")
+    if not parts[layout["id"]]:
+        return None, (STATUS_FAILED, "missing_id", f"{where}: empty photo id")
+    return parts, _OK
 
 
 # -- caption composition -------------------------------------------------------------------
