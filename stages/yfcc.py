@@ -126,8 +126,11 @@ _CAMERA = re.compile(
 )
 _WORD = re.compile(r"[^\W\d_]{2,}")
 _ENGLISH_HINTS = frozenset(
-    "the a an of and in on at to with for from by is are was this my our his her its near under over "
-    "view day night old new little big house street park beach river lake city church".split()
+    "the a an of and in on at to with for from by is are was were be been has have had this that these those "
+    "my our your his her its their we you he she it they i me not no or but all any some so as if than then "
+    "there here who what which when where how before after into out up down off just also very more most "
+    "other only can will would could should near under over view day night old new little big house street "
+    "park beach river lake city church photo picture".split()
 )
 _DESCRIBE = "<image_placeholder>\nDescribe this image."
 
