@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import html
 import json
 import re
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import Iterator
 from urllib.parse import unquote_plus
 
-import duckdb
 import pyarrow as pa
 
-from pipeline.schema import STATUS_FAILED, STATUS_FILTERED, STATUS_KEPT, conform, sample_id
+from pipeline.schema import STATUS_FILTERED, STATUS_KEPT
 from stages.base import FileSourceConfig, Source, Stage, StageConfig, register, resolve_paths, with_verdicts
-
-# Field positions in the 25-column file; the older 23-column split lacks line number and hash.
-FIELDS_25 = {"id": 1, "user": 3, "date_taken": 5, "title": 8, "description": 9, "tags": 10,
-             "url": 16, "license": 17, "license_url": 18, "marker": 24}
-FIELDS_23 = {name: i - 1 if i < 2 else i - 2 for name, i in FIELDS_25.items()}
-LAYOUTS = {25: FIELDS_25, 23: FIELDS_23}
-OPENERS = {".bz2": bz2.open, ".gz": gzip.open}
+from stages.yfcc_tsv import LAYOUTS, read_tsv
 
 
 class YfccSourceConfig(FileSourceConfig):
@@ -41,77 +32,10 @@ class YfccMetadata(Source):
         return resolve_paths(self.context.recipe_dir, self.config.paths)
 
     def read(self, path: Path) -> Iterator[pa.Table]:
-        opener = OPENERS.get(path.suffix, open)
-        batch = _Batch()
-        with opener(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                batch.add(raw, path.name, lineno)
-                if batch.size >= self.config.rows_per_table:
-                    yield batch.table(self.context.source, self.task)
-                    batch = _Batch()
-        if batch.size:
-            yield batch.table(self.context.source, self.task)
-
-
-class _Batch:
-    """Column lists for one output table; meta JSON is built by DuckDB for the whole batch at once."""
-
-    NAMES = tuple(FIELDS_25)
-
-    def __init__(self):
-        self.size = 0
-        self.keys: list[str] = []
-        self.fields: dict[str, list[str]] = {n: [] for n in self.NAMES}
-        self.lines: list[str] = []
-        self.verdicts: list[tuple] = []
-
-    def add(self, raw: bytes, fname: str, lineno: int) -> None:
-        where = f"{fname}:{lineno}"
-        self.size += 1
-        self.lines.append(where)
-        parts, verdict = _split(raw, where)
-        if parts is not None:
-            layout = LAYOUTS[len(parts)]
-            for name in self.NAMES:
-                self.fields[name].append(parts[layout[name]])
-            self.keys.append(parts[layout["id"]])
-        else:
-            for name in self.NAMES:
-                self.fields[name].append("")
-            self.keys.append(where)
-        self.verdicts.append(verdict)
-
-    def table(self, source: str, task: str) -> pa.Table:
-        ok = pa.array([v[0] == STATUS_KEPT for v in self.verdicts])
-        cols = {n: pa.array(v, pa.string()) for n, v in self.fields.items()}
-        data = pa.table({**cols, "line": pa.array(self.lines, pa.string()), "ok": ok})
-        fields = ", ".join(f"{n} := {n}" for n in (*self.NAMES, "line"))
-        meta = duckdb.sql(f"select case when ok then to_json(struct_pack({fields}))::varchar end as meta from data").arrow()
-        meta = meta.read_all() if hasattr(meta, "read_all") else meta
-        status, reason, detail = (pa.array(c, pa.string()) for c in zip(*self.verdicts))
-        return conform(pa.table({
-            "sample_id": pa.array([sample_id(source, k) for k in self.keys], pa.string()),
-            "task": pa.array([task] * self.size, pa.string()), "source": pa.array([source] * self.size, pa.string()),
-            "source_key": pa.array(self.keys, pa.string()), "meta": meta.column("meta"),
-            "status": status, "reason": reason, "detail": detail,
-        }))
+        yield from read_tsv(path, self.context.source, self.task, self.config.rows_per_table)
 
 
 _OK = (STATUS_KEPT, None, None)
-
-
-def _split(raw: bytes, where: str) -> tuple[list[str] | None, tuple]:
-    try:
-        line = raw.rstrip(b"\r\n").decode("utf-8")
-    except UnicodeDecodeError as err:
-        return None, (STATUS_FAILED, "bad_encoding", f"{where}: {err}")
-    parts = line.split("\t")
-    layout = LAYOUTS.get(len(parts))
-    if layout is None:
-        return None, (STATUS_FAILED, "bad_column_count", f"{where}: {len(parts)} columns, expected 25 or 23")
-    if not parts[layout["id"]]:
-        return None, (STATUS_FAILED, "missing_id", f"{where}: empty photo id")
-    return parts, _OK
 
 
 # -- caption composition -------------------------------------------------------------------
