@@ -45,7 +45,7 @@ def bare(urls: list[str], work: Path) -> float:
              output_folder=str(work / "bare"), image_size=SETTINGS["resolution"], resize_mode="keep_ratio_largest",
              resize_only_if_bigger=True, processes_count=SETTINGS["processes_count"], thread_count=SETTINGS["thread_count"],
              timeout=SETTINGS["timeout"], number_sample_per_shard=SETTINGS["number_sample_per_shard"], distributor="multiprocessing",
-             extract_exif=False, enable_wandb=False, disallowed_header_directives=[])
+             extract_exif=False, enable_wandb=False)
     seconds = time.perf_counter() - t0
     ok = sum(pq.read_table(p, columns=["status"]).column("status").to_pylist().count("success") for p in (work / "bare").glob("*.parquet"))
     return ok / seconds

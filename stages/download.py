@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from pipeline.schema import IMAGE_TYPE, STATUS_FAILED, STATUS_KEPT, conform
-from stages.base import Stage, StageConfig, StageError, register, with_verdicts
+from stages.base import Resources, Stage, StageConfig, StageError, register, with_verdicts
 from stages.netguard import UrlGuard
 
 # img2dataset's status string -> our reason for a failed row
@@ -55,9 +55,7 @@ class DownloadImages(Stage):
     adds = ("image", "width", "height")
     batch_size = 4096
 
-    def resources(self):
-        from stages.base import Resources
-
+    def resources(self) -> Resources:
         return Resources(cpus=float(self.config.processes_count))
 
     def preflight(self) -> None:
@@ -111,8 +109,6 @@ class DownloadImages(Stage):
 
     def _download(self, wanted: dict[str, str]) -> dict[str, dict]:
         """Run img2dataset in the batch's own scratch dir; a rerun reuses its finished shards."""
-        from img2dataset import download
-
         digest = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:16]
         scratch = Path(self.context.build_dir) / "work" / self.context.source / "scratch" / "download" / digest
         scratch.mkdir(parents=True, exist_ok=True)
@@ -122,17 +118,11 @@ class DownloadImages(Stage):
             pq.write_table(pa.table({"url": list(wanted.values()), "sample_id": list(wanted)}), tmp)
             tmp.rename(url_list)
         cfg = self.config
-        with _quiet():
-            download(
-                url_list=str(url_list), input_format="parquet", url_col="url", save_additional_columns=["sample_id"],
-                output_format="parquet", output_folder=str(scratch / "out"), incremental_mode="incremental",
-                image_size=cfg.resolution, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
-                encode_format=cfg.encode_format, encode_quality=cfg.encode_quality, processes_count=cfg.processes_count,
-                thread_count=cfg.thread_count, timeout=cfg.timeout, retries=cfg.retries,
-                number_sample_per_shard=cfg.number_sample_per_shard, min_image_size=cfg.min_image_size,
-                distributor="multiprocessing", extract_exif=False, enable_wandb=False,
-                disallowed_header_directives=[],
-            )
+        try:
+            with _quiet():
+                _run_img2dataset(url_list, scratch / "out", cfg)
+        except Exception as err:  # a crash of the downloader itself, not a bad URL: stop, don't isolate rows
+            raise StageError(f"img2dataset failed in {scratch}: {err}") from err
         return {row["sample_id"]: row for row in _read_shards(scratch / "out", cfg.encode_format)}
 
     @contextlib.contextmanager
@@ -143,6 +133,21 @@ class DownloadImages(Stage):
         with serve_directory(self._local_root()) as base:
             prefix = self.config.local_http_prefix
             yield lambda url: base + url[len(prefix):] if url.startswith(prefix) else url
+
+
+def _run_img2dataset(url_list: Path, output: Path, cfg: DownloadConfig) -> None:
+    from img2dataset import download  # heavy import (cv2, albumentations): only where it runs
+
+    # retries and timeout come from the recipe; X-Robots-Tag opt-outs are honoured (img2dataset default)
+    download(
+        url_list=str(url_list), input_format="parquet", url_col="url", save_additional_columns=["sample_id"],
+        output_format="parquet", output_folder=str(output), incremental_mode="incremental",
+        image_size=cfg.resolution, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
+        encode_format=cfg.encode_format, encode_quality=cfg.encode_quality, processes_count=cfg.processes_count,
+        thread_count=cfg.thread_count, timeout=cfg.timeout, retries=cfg.retries,
+        number_sample_per_shard=cfg.number_sample_per_shard, min_image_size=cfg.min_image_size,
+        distributor="multiprocessing", extract_exif=False, enable_wandb=False,
+    )
 
 
 def _read_shards(folder: Path, encode_format: str) -> Iterator[dict]:

@@ -100,21 +100,24 @@ def _assemble(good: pa.Table, bad_rows: list[dict], fname: str, source: str, tas
     line = pc.binary_join_element_wise(fname, pc.cast(good.column("_line"), pa.string()), ":")
     good = good.append_column("line", line)
     fields = ", ".join(f'"{n}" := "{n}"' for n in (*NAMES, "line"))
+    literal = source.replace("'", "''")
+    # sha256(source NUL key)[:32] is pipeline.schema.sample_id, computed in the same vectorised pass
+    query = f"select to_json(struct_pack({fields}))::varchar as meta, left(sha256('{literal}' || chr(0) || id), 32) as sid from good"
     with duckdb.connect() as con:  # own connection: Ray may run several readers in one process
         con.register("good", good)
-        meta = con.sql(f"select to_json(struct_pack({fields}))::varchar as meta from good").to_arrow_table().column("meta")
-    keys = good.column("id")
+        built = con.sql(query).to_arrow_table()
     n_good = good.num_rows
-    kept_part = pa.table({
-        "_line": good.column("_line"), "source_key": keys, "meta": meta,
+    part = pa.table({
+        "_line": good.column("_line"), "sample_id": built.column("sid"), "source_key": good.column("id"), "meta": built.column("meta"),
         "status": pa.array([STATUS_KEPT] * n_good, pa.string()),
         "reason": pa.nulls(n_good, pa.string()), "detail": pa.nulls(n_good, pa.string()),
     })
     if bad_rows:
-        bad = pa.Table.from_pylist(bad_rows, schema=pa.schema([("_line", pa.int64()), ("source_key", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("detail", pa.string())]))
-        kept_part = pa.concat_tables([kept_part, bad], promote_options="default").sort_by("_line")
-    n = kept_part.num_rows
-    out = kept_part.drop(["_line"])
-    out = out.append_column("sample_id", pa.array([sample_id(source, k) for k in out.column("source_key").to_pylist()], pa.string()))
+        for row in bad_rows:
+            row["sample_id"] = sample_id(source, row["source_key"])
+        bad = pa.Table.from_pylist(bad_rows, schema=part.schema)
+        part = pa.concat_tables([part, bad]).sort_by("_line")
+    n = part.num_rows
+    out = part.drop(["_line"])
     out = out.append_column("source", pa.array([source] * n, pa.string())).append_column("task", pa.array([task] * n, pa.string()))
     return conform(out)

@@ -149,3 +149,15 @@ def test_serve_directory_shuts_down(tmp_path):
         assert urllib.request.urlopen(base + "f.txt", timeout=5).read() == b"hi"
     with pytest.raises(OSError):
         urllib.request.urlopen(base + "f.txt", timeout=2)
+
+
+def test_downloader_crash_stops_the_stage(tmp_path, monkeypatch):
+    import stages.download as mod
+
+    def boom(*args):
+        raise RuntimeError("pool died")
+
+    monkeypatch.setattr(mod, "_run_img2dataset", boom)
+    s = stage(tmp_path, allow_networks=["127.0.0.1/32"])
+    with pytest.raises(StageError, match="pool died"):
+        s.run(rows({"a": "http://127.0.0.1:9/a.jpg", "b": "http://127.0.0.1:9/b.jpg"}))
