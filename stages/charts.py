@@ -9,9 +9,10 @@ from typing import Callable, Literal
 
 import pyarrow as pa
 from matplotlib.figure import Figure
+from PIL import Image
 from pydantic import Field
 
-from pipeline.schema import IMAGE_TYPE, STATUS_FAILED, STATUS_KEPT, conform, make_rows, sample_id
+from pipeline.schema import STATUS_FAILED, STATUS_KEPT, conform, make_rows, sample_id
 from stages.base import Stage, StageConfig, register, with_verdicts
 
 ChartType = Literal["bar", "line", "pie", "scatter", "table"]
@@ -245,8 +246,6 @@ class RenderCharts(Stage):
             style = pick_style(rng)
             turns, templates = self._questions(t, chart, rng)
             png = render(t, chart, style, self.config.dpi)
-            from PIL import Image
-
             row["width"], row["height"] = Image.open(io.BytesIO(png)).size
             row["image"] = {"bytes": png, "path": f"{row['sample_id']}.png"}
             row["conversation"] = turns

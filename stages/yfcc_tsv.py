@@ -47,8 +47,10 @@ def _parse(body: bytes, fname: str, first_line: int, source: str, task: str) -> 
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return _parse_lines(body, fname, first_line, source, task)  # rare: find the bad lines one by one
-    lines = pc.list_flatten(pc.split_pattern(pa.array([text[:-1] if text.endswith("\n") else text]), "\n"))
-    lines = pc.utf8_rtrim(lines, characters="\r")
+    # str.split + one pa.array beats Arrow's split_pattern on a single multi-MB string (~10x)
+    lines = pa.array((text[:-1] if text.endswith("\n") else text).split("\n"), pa.string())
+    if "\r" in text:
+        lines = pc.utf8_rtrim(lines, characters="\r")
     parts = pc.split_pattern(lines, "\t")
     counts = pc.list_value_length(parts)
     line_no = pa.array(range(first_line, first_line + len(lines)), pa.int64())

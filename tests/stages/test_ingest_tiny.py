@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from pipeline.recipe import load_recipe
 from stages.base import SOURCES, STAGES, StageContext, kept
@@ -35,6 +36,7 @@ def run_source(recipe, name, build_dir):
     return history
 
 
+@pytest.mark.slow  # one real img2dataset run (~10-30 s on a shared 2-core box)
 def test_tiny_ingest_recipe_end_to_end(tmp_path):
     recipe = load_recipe(RECIPE)
     results = {name: run_source(recipe, name, tmp_path) for name in recipe.sources}

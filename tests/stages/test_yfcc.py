@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from urllib.parse import quote_plus
 
-import pyarrow.compute as pc
 import pytest
 
 from pipeline.schema import conform
@@ -126,3 +125,10 @@ def test_vectorised_path_chunk_boundaries_and_bad_rows(tmp_path, monkeypatch):
     from pipeline.schema import sample_id
 
     assert table.column("sample_id").to_pylist() == [sample_id("yfcc", k) for k in table.column("source_key").to_pylist()]
+
+
+def test_crlf_line_endings(tmp_path):
+    path = tmp_path / "crlf.tsv"
+    path.write_bytes(format_line({"id": "1", "title": "A+red+car", "marker": "0"}).replace("\n", "\r\n").encode())
+    src = YfccMetadata(YfccMetadata.Config(kind="yfcc_metadata", paths=[str(path)]), ctx(tmp_path))
+    assert json.loads(next(src.read(path)).column("meta")[0].as_py())["marker"] == "0"
