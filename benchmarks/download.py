@@ -1,4 +1,4 @@
-"""Our YFCC -> download_images path against bare img2dataset on the same URLs from a local server."""
+"""Our YFCC TSV -> captions -> img2dataset path against bare img2dataset on the same URLs from a local server."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote_plus
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -19,9 +20,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.schema import make_rows  # noqa: E402
 from stages.base import StageContext  # noqa: E402
 from stages.download import DownloadImages, serve_directory  # noqa: E402
+from stages.yfcc import YfccCaptions, YfccMetadata, format_line  # noqa: E402
 
 SETTINGS = dict(resolution=128, processes_count=2, thread_count=32, timeout=10, number_sample_per_shard=500)
 
@@ -52,12 +53,18 @@ def bare(urls: list[str], work: Path) -> float:
 
 
 def ours(urls: list[str], work: Path) -> float:
+    """The whole YFCC path: TSV -> yfcc_metadata -> yfcc_captions -> download_images."""
+    tsv = work / "yfcc.tsv"
+    tsv.write_text("".join(format_line({"line": i, "id": i, "title": quote_plus(f"A photo of the harbour number {i}"), "url": u,
+                                        "license": "Attribution+License", "marker": "0"}) for i, u in enumerate(urls)))
     ctx = StageContext(build_id="bench", seed=0, recipe_dir=work, source="yfcc", task="understanding", build_dir=work / "ours")
-    stage = DownloadImages(DownloadImages.Config(stage="download_images", allow_networks=["127.0.0.1/32"], **SETTINGS), ctx)
-    stage.preflight()
-    table = make_rows([{"source": "yfcc", "source_key": str(i), "task": "understanding", "meta": {"url": u}} for i, u in enumerate(urls)])
+    source = YfccMetadata(YfccMetadata.Config(kind="yfcc_metadata", paths=[str(tsv)]), ctx)
+    captions = YfccCaptions(YfccCaptions.Config(stage="yfcc_captions"), ctx)
+    download = DownloadImages(DownloadImages.Config(stage="download_images", allow_networks=["127.0.0.1/32"], **SETTINGS), ctx)
+    download.preflight()
     t0 = time.perf_counter()
-    out = stage.run(table)
+    table = pa.concat_tables(list(source.read(tsv)))
+    out = download.run(captions.run(table))
     seconds = time.perf_counter() - t0
     return out.column("status").to_pylist().count("kept") / seconds
 
