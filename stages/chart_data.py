@@ -50,6 +50,10 @@ def synthetic_table(rng: random.Random) -> dict:
                 base = rng.uniform(lo, hi)
             values.append(round(min(hi, max(lo, base)), decimals) if decimals else int(round(min(hi, max(lo, base)))))
         rows.append([label, *values])
+    if unit == "%" and len(columns) == 1:  # shares of a whole add up to 100
+        total = sum(r[1] for r in rows)
+        for r in rows:
+            r[1] = round(100 * r[1] / total, decimals or 1)
     return {"title": title, "label": label_name, "series": columns, "unit": unit, "rows": rows, "topic": title}
 
 

@@ -110,3 +110,9 @@ def test_styles_vary_images():
     rng = random.Random(0)
     pngs = {render(t, "bar", pick_style(rng), 40) for _ in range(4)}
     assert len(pngs) == 4
+
+
+def test_percentage_shares_add_up():
+    rng = random.Random(0)
+    shares = [t for t in (synthetic_table(rng) for _ in range(200)) if t["unit"] == "%"]
+    assert shares and all(abs(sum(r[1] for r in t["rows"]) - 100) < 1 for t in shares)
