@@ -82,7 +82,11 @@ class DownloadImages(Stage):
             for i, (sid, meta_s, status) in enumerate(zip(ids, metas, statuses)):
                 if status != STATUS_KEPT:
                     continue
-                url = rewrite(json.loads(meta_s or "{}").get("url") or "")
+                try:  # a bad row must not raise: the base would retry the batch row by row, one img2dataset run each
+                    url = rewrite(str(json.loads(meta_s or "{}").get("url") or ""))
+                except (ValueError, AttributeError) as err:
+                    verdicts[i] = (STATUS_FAILED, "bad_meta", f"meta is not a JSON object: {err}"[:300])
+                    continue
                 if not url:
                     verdicts[i] = (STATUS_FAILED, "no_url", "meta has no url")
                 elif why := self.guard.refuse(url):

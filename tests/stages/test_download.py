@@ -8,6 +8,7 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -97,11 +98,16 @@ def test_successes_failures_and_blocked(tmp_path):
         assert (got[key]["status"], got[key]["reason"]) == ("failed", "blocked_address")
 
 
-def test_loopback_refused_by_default(tmp_path):
+def test_loopback_refused_by_default_and_bad_meta_recorded(tmp_path):
+    from pipeline.schema import make_rows as mk
+
+    table = mk([{"source": "yfcc", "source_key": "bad", "task": "understanding", "meta": "not json"},
+                {"source": "yfcc", "source_key": "list", "task": "understanding", "meta": "[1]"},
+                {"source": "yfcc", "source_key": "nourl", "task": "understanding", "meta": {"caption": "x"}}])
     with Server({"/a.jpg": jpeg(8, 8)}) as srv:
-        out = stage(tmp_path).run(rows({"a": f"{srv.base}/a.jpg"}))
+        out = stage(tmp_path).run(pa.concat_tables([rows({"a": f"{srv.base}/a.jpg"}), table]))
         assert srv.hits == []
-    assert out.column("reason").to_pylist() == ["blocked_address"]
+    assert out.column("reason").to_pylist() == ["blocked_address", "bad_meta", "bad_meta", "no_url"]
 
 
 def test_rerun_reuses_finished_shards(tmp_path):
