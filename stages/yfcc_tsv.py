@@ -105,7 +105,9 @@ def _assemble(good: pa.Table, bad_rows: list[dict], fname: str, source: str, tas
     literal = source.replace("'", "''")
     # sha256(source NUL key)[:32] is pipeline.schema.sample_id, computed in the same vectorised pass
     query = f"select to_json(struct_pack({fields}))::varchar as meta, left(sha256('{literal}' || chr(0) || id), 32) as sid from good"
-    with duckdb.connect() as con:  # own connection: Ray may run several readers in one process
+    # own connection (Ray may run several readers in one process), one thread: a reader holds one
+    # CPU, and on tables this small DuckDB's thread hand-offs cost more than they save
+    with duckdb.connect(config={"threads": 1}) as con:
         con.register("good", good)
         built = con.sql(query).to_arrow_table()
     n_good = good.num_rows
