@@ -1,0 +1,95 @@
+"""The paper's image preprocessing: pad to square for understanding, centre-crop for generation."""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
+from pydantic import Field
+
+from pipeline.schema import IMAGE_TYPE, STATUS_FAILED, STATUS_KEPT, conform
+from stages.base import Stage, StageConfig, register, with_verdicts
+
+PAD_RGB = (127, 127, 127)
+
+
+def pad_to_square(img: Image.Image, resolution: int, fill: tuple[int, int, int] = PAD_RGB) -> Image.Image:
+    """Resize the long side to `resolution`, then pad the short side (centred) with `fill`."""
+    img = img.convert("RGB")
+    scale = resolution / max(img.size)
+    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    img = img.resize((w, h), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (resolution, resolution), fill)
+    canvas.paste(img, ((resolution - w) // 2, (resolution - h) // 2))
+    return canvas
+
+
+def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:
+    """Resize the short side to `resolution`, then crop the long side around the centre."""
+    img = img.convert("RGB")
+    scale = resolution / min(img.size)
+    w, h = max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))
+    img = img.resize((w, h), Image.Resampling.BICUBIC)
+    left, top = (w - resolution) // 2, (h - resolution) // 2
+    return img.crop((left, top, left + resolution, top + resolution))
+
+
+MODES = {"understanding": pad_to_square, "generation": resize_center_crop}
+
+
+def decode(data: bytes) -> Image.Image:
+    """Open and fully decode (truncated files fail here, not later in training)."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def encode(img: Image.Image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG" if fmt == "jpg" else "PNG", **({"quality": quality} if fmt == "jpg" else {}))
+    return buf.getvalue()
+
+
+class PreprocessConfig(StageConfig):
+    mode: Literal["understanding", "generation"]
+    resolution: int = Field(384, gt=0)
+    format: Literal["jpg", "png"] = "jpg"
+    quality: int = Field(95, ge=1, le=100)
+
+
+@register
+class PreprocessImages(Stage):
+    """Square every kept image to `resolution`; undecodable images become failed rows."""
+
+    name = "preprocess_images"
+    Config = PreprocessConfig
+    needs = ("image",)
+    adds = ("image", "width", "height")
+    batch_size = 128
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        fn, cfg = MODES[self.config.mode], self.config
+        images = batch.column("image").to_pylist()
+        verdicts = list(zip(*(batch.column(c).to_pylist() for c in ("status", "reason", "detail"))))
+        sizes = list(zip(batch.column("width").to_pylist(), batch.column("height").to_pylist()))
+        for i, (image, verdict) in enumerate(zip(images, verdicts)):
+            if verdict[0] != STATUS_KEPT:
+                continue
+            if not image or not image.get("bytes"):
+                verdicts[i] = (STATUS_FAILED, "no_image", "image bytes missing")
+                continue
+            try:
+                out = fn(decode(image["bytes"]), cfg.resolution)
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+                verdicts[i] = (STATUS_FAILED, "corrupt_image", f"{image.get('path')}: {err}"[:500])
+                continue
+            path = image.get("path") or ""
+            stem = path.rsplit(".", 1)[0] if "." in path else path
+            images[i] = {"bytes": encode(out, cfg.format, cfg.quality), "path": f"{stem}.{cfg.format}"}
+            sizes[i] = out.size
+        out = with_verdicts(batch, verdicts)
+        out = out.set_column(out.schema.get_field_index("image"), "image", pa.array(images, IMAGE_TYPE))
+        out = out.set_column(out.schema.get_field_index("width"), "width", pa.array([s[0] for s in sizes], pa.int32()))
+        return conform(out.set_column(out.schema.get_field_index("height"), "height", pa.array([s[1] for s in sizes], pa.int32())))
