@@ -63,8 +63,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> str:
             log.info("mixing %s: %d batches of %d", stage_name, spec.batches, recipe.mix.global_batch)
             result = mix_stage(stage_name, spec, recipe.mix, used, out / "shards" / stage_name, build_id)
             catalog.record_shards(build_id, stage_name, result.shards, result.events)
-            for event in result.events:
-                log.warning("%s: %s %s at row %d: %s", stage_name, event["source"], event["event"], event["position"], event["detail"])
+            _log_events(stage_name, result.events)
         catalog.refresh_samples_view(out / "shards")
         catalog.finish_build(build_id, "succeeded")
         log.info("build %s done: %s", build_id, out)
@@ -74,6 +73,15 @@ def run_build(recipe: Recipe, options: BuildOptions) -> str:
         raise
     finally:
         catalog.close()
+
+
+def _log_events(stage_name: str, events: list[dict]) -> None:
+    """One line per source that ran out (the catalog's mix_events keeps every pass)."""
+    by_source: dict[str, list[dict]] = {}
+    for event in events:
+        by_source.setdefault(event["source"], []).append(event)
+    for source, evs in by_source.items():
+        log.info("%s: %s ran out %d time(s); policy %s (mix_events has each)", stage_name, source, len(evs), evs[0]["event"])
 
 
 def _claim_dir(out: Path, recipe: Recipe, build_id: str, restart: bool) -> None:

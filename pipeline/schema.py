@@ -159,3 +159,13 @@ def check_shard_schema(schema: pa.Schema, where: str = "shard") -> None:
     missing = [n for n in SAMPLE_COLUMNS if n not in schema.names]
     if missing:
         raise ValueError(f"{where}: missing sample columns {missing}")
+
+
+def stamp_build(table: pa.Table, build_id: str) -> pa.Table:
+    """Set lineage.build_id on rows whose source left it empty (other lineage fields are kept)."""
+    lineage = [dict(x or {}) for x in table.column("lineage").to_pylist()]
+    for row in lineage:
+        row["build_id"] = row.get("build_id") or build_id
+        row.setdefault("parent_ids", None)
+    idx = table.schema.get_field_index("lineage")
+    return table.set_column(idx, "lineage", pa.array(lineage, LINEAGE_TYPE))

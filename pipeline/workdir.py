@@ -16,7 +16,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import STATUS_KEPT, conform
+from pipeline.schema import STATUS_KEPT, conform, stamp_build
 
 SECONDS_KEY = b"janus_forge.seconds"
 
@@ -83,7 +83,7 @@ def read_file_into_parts(source, path: Path, index: int, out_dir: Path, rows_per
         parts.append(name)
 
     for table in source.read(path):
-        pending.append(conform(table))
+        pending.append(stamp_build(conform(table), source.context.build_id))
         pending_rows += table.num_rows
         while pending_rows >= rows_per_part:
             merged = pa.concat_tables(pending, promote_options="permissive")

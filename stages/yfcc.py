@@ -6,7 +6,7 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 from urllib.parse import unquote_plus
 
 import pyarrow as pa
@@ -18,6 +18,8 @@ from stages.yfcc_tsv import LAYOUTS, read_tsv
 
 class YfccSourceConfig(FileSourceConfig):
     rows_per_table: int = 8192
+    # understanding: a describe-the-image turn; generation: the caption is a text-to-image prompt
+    task: Literal["understanding", "generation"] = "understanding"
 
 
 @register
@@ -32,7 +34,7 @@ class YfccMetadata(Source):
         return resolve_paths(self.context.recipe_dir, self.config.paths)
 
     def read(self, path: Path) -> Iterator[pa.Table]:
-        yield from read_tsv(path, self.context.source, self.task, self.config.rows_per_table)
+        yield from read_tsv(path, self.context.source, self.config.task, self.config.rows_per_table)
 
 
 _OK = (STATUS_KEPT, None, None)
@@ -96,14 +98,15 @@ class YfccCaptions(Stage):
     name = "yfcc_captions"
     Config = YfccCaptionsConfig
     needs = ("meta",)
-    adds = ("conversation", "meta")
+    adds = ("conversation", "prompt", "meta")
     batch_size = 4096
 
     def process(self, batch: pa.Table) -> pa.Table:
-        verdicts, convs, metas = [], [], []
-        for status, meta_s, conv in zip(batch.column("status").to_pylist(), batch.column("meta").to_pylist(), batch.column("conversation").to_pylist()):
+        verdicts, convs, metas, prompts = [], [], [], []
+        columns = (batch.column(c).to_pylist() for c in ("status", "meta", "conversation", "task", "prompt"))
+        for status, meta_s, conv, task, prompt in zip(*columns):
             if status != STATUS_KEPT:  # already rejected upstream: keep its verdict
-                verdicts.append(None), convs.append(conv), metas.append(meta_s)
+                verdicts.append(None), convs.append(conv), metas.append(meta_s), prompts.append(prompt)
                 continue
             meta = json.loads(meta_s)
             verdict, caption = self._caption(meta)
@@ -111,11 +114,15 @@ class YfccCaptions(Stage):
             if caption:
                 meta["caption"] = caption
                 meta_s = json.dumps(meta, ensure_ascii=False)
-                conv = [{"role": "user", "content": _DESCRIBE}, {"role": "assistant", "content": caption}]
-            convs.append(conv), metas.append(meta_s)
+                if task == "generation":
+                    prompt = caption
+                else:
+                    conv = [{"role": "user", "content": _DESCRIBE}, {"role": "assistant", "content": caption}]
+            convs.append(conv), metas.append(meta_s), prompts.append(prompt)
         old = list(zip(*(batch.column(c).to_pylist() for c in ("status", "reason", "detail"))))
         out = with_verdicts(batch, [v or o for v, o in zip(verdicts, old)])
         out = out.set_column(out.schema.get_field_index("meta"), "meta", pa.array(metas, pa.string()))
+        out = out.set_column(out.schema.get_field_index("prompt"), "prompt", pa.array(prompts, pa.string()))
         idx = out.schema.get_field_index("conversation")
         return out.set_column(idx, "conversation", pa.array(convs, out.schema.field("conversation").type))
 

@@ -23,13 +23,31 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "data" / "tiny.yaml"
 
 
+PROMPTS_RECIPE = """
+name: prompts
+seed: 1234
+rows_per_partition: {rows}
+sources:
+  mj_prompts:
+    kind: midjourney_prompts
+    paths: [tiny/midjourney_prompts.jsonl]
+    steps:
+      - {{stage: clean_prompts, min_words: 3, max_chars: 600, blocklist: [gore, nsfw]}}
+      - {{stage: dedup_prompts, threshold: {threshold}}}
+mix:
+  global_batch: 16
+  rows_per_shard: 64
+  stages:
+    stage1: {{ratio: {{generation: 1}}, sources: {{mj_prompts: 1}}, batches: 8}}
+"""
+
+
 def _recipe(tmp_path: Path, rows_per_partition: int = 256, threshold: float = 0.8) -> Path:
-    """The tiny recipe, copied beside its data so paths resolve, with knobs for the tests."""
-    text = TINY.read_text().replace("rows_per_partition: 256", f"rows_per_partition: {rows_per_partition}")
-    text = text.replace("threshold: 0.8", f"threshold: {threshold}")
-    shutil.copytree(TINY.parent / "tiny", tmp_path / "tiny", dirs_exist_ok=True)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(text)
+    """A prompts-only recipe over the tiny prompt file, beside a copy of it so paths resolve."""
+    (tmp_path / "tiny").mkdir(exist_ok=True)
+    shutil.copy(TINY.parent / "tiny" / "midjourney_prompts.jsonl", tmp_path / "tiny")
+    path = tmp_path / "prompts.yaml"
+    path.write_text(PROMPTS_RECIPE.format(rows=rows_per_partition, threshold=threshold))
     return path
 
 

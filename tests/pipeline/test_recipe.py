@@ -16,7 +16,9 @@ TINY = REPO / "recipes" / "data" / "tiny.yaml"
 
 def _write(tmp_path: Path, mutate) -> Path:
     raw = yaml.safe_load(TINY.read_text())
+    raw["sources"] = {"mj_prompts": raw["sources"]["mj_prompts"]}
     raw["sources"]["mj_prompts"]["paths"] = [str(TINY.parent / "tiny" / "midjourney_prompts.jsonl")]
+    raw["mix"]["stages"] = {"stage1": {"ratio": {"generation": 1}, "sources": {"mj_prompts": 1}, "batches": 8}}
     mutate(raw)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -36,7 +38,7 @@ CASES = {
     "unknown stage": (lambda r: r["sources"]["mj_prompts"]["steps"].append({"stage": "clean_promts"}), r"steps\[2\]\.stage: unknown stage 'clean_promts'"),
     "unknown source kind": (lambda r: r["sources"]["mj_prompts"].update(kind="mj"), r"sources\.mj_prompts\.kind: unknown source kind"),
     "ratio without a source": (lambda r: r["mix"]["stages"]["stage1"]["ratio"].update(text=1), r"ratio\.text: share 1.* none of its sources"),
-    "mix names a missing source": (lambda r: r["mix"]["stages"]["stage1"]["sources"].update(yfcc=1), r"sources\.yfcc: no such source"),
+    "mix names a missing source": (lambda r: r["mix"]["stages"]["stage1"]["sources"].update(laion=1), r"sources\.laion: no such source"),
 }
 
 
@@ -53,7 +55,10 @@ def test_bad_recipe_names_file_and_field(tmp_path, name):
 def test_tiny_recipe_is_valid_and_hash_is_stable():
     a, b = load_recipe(TINY), load_recipe(TINY)
     assert a.hash == b.hash and len(a.hash) == 64
-    assert [s.stage for s in a.sources["mj_prompts"].steps] == ["clean_prompts", "dedup_prompts"]
+    assert [s.stage for s in a.sources["mj_prompts"].steps][:2] == ["clean_prompts", "dedup_prompts"]
+    assert set(a.mix.stages) == {"stage1", "stage2", "stage3"}
+    ratios = {name: tuple(stage.ratio.get(t, 0) for t in ("understanding", "text", "generation")) for name, stage in a.mix.stages.items()}
+    assert ratios == {"stage1": (1, 0, 3), "stage2": (2, 3, 5), "stage3": (5, 1, 4)}  # the paper's Table 2
 
 
 def test_cli_bad_recipe_exits_2_and_writes_nothing(tmp_path):
