@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -147,13 +146,12 @@ class ScoreImages(Stage):
         return out
 
     def verdict(self, aesthetic: float, clip: float | None) -> tuple[str, str | None, str]:
-        detail = json.dumps({"aesthetic": round(aesthetic, 4), "clip_similarity": None if clip is None else round(clip, 4)})
-        if aesthetic < self.config.min_aesthetic:
-            return STATUS_FILTERED, "low_aesthetic", f"{detail} < min_aesthetic {self.config.min_aesthetic}"
-        if clip is not None and clip < self.config.min_clip_similarity:
-            return STATUS_FILTERED, "low_clip_similarity", f"{detail} < min_clip_similarity {self.config.min_clip_similarity}"
+        """Thresholds travel in the detail JSON so reports and DuckDB cuts see what was applied."""
+        c = self.config
+        detail = json.dumps({"aesthetic": round(aesthetic, 4), "clip_similarity": None if clip is None else round(clip, 4),
+                             "min_aesthetic": c.min_aesthetic, "min_clip_similarity": c.min_clip_similarity})
+        if aesthetic < c.min_aesthetic:
+            return STATUS_FILTERED, "low_aesthetic", detail
+        if clip is not None and clip < c.min_clip_similarity:
+            return STATUS_FILTERED, "low_clip_similarity", detail
         return STATUS_KEPT, None, detail
-
-
-def default_head_path() -> Path:
-    return shared_dir() / LAION_HEAD

@@ -102,7 +102,9 @@ def test_thresholds_filter_with_scores_and_reasons(tmp_path, clip768):
     low = [r for r in out if r["status"] == "filtered"]
     assert len(low) == 4 and {r["reason"] for r in low} == {"low_aesthetic"}
     for r in low:
-        assert r["scores"]["aesthetic"] < cut and json.loads(r["detail"].split(" < ")[0])["aesthetic"] == pytest.approx(r["scores"]["aesthetic"], abs=1e-3)
+        detail = json.loads(r["detail"])
+        assert r["scores"]["aesthetic"] < cut == detail["min_aesthetic"]
+        assert detail["aesthetic"] == pytest.approx(r["scores"]["aesthetic"], abs=1e-3)
     sims = sorted(r["scores"]["clip_similarity"] for r in scored)
     out = make_stage(tmp_path, clip768, min_clip_similarity=(sims[1] + sims[2]) / 2).run(rows).to_pylist()
     assert [r["reason"] for r in out].count("low_clip_similarity") == 2

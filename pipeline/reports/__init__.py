@@ -1,0 +1,1 @@
+"""Report sections: each module registers one with @pipeline.report.section."""
