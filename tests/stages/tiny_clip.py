@@ -1,34 +1,19 @@
-"""A tiny random-init open_clip model saved to a local weights file, loaded back the real way."""
+"""Test inputs for image stages: a tiny open_clip model on disk, encoded images, a decompression bomb."""
 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from model.tiny_clip import build_tiny_clip
+
 
 def make_tiny_clip(directory: Path, name: str = "tiny-clip-768", embed_dim: int = 768, seed: int = 0) -> tuple[Path, Path]:
-    """Write <dir>/configs/<name>.json and <dir>/<name>.pt; returns (config_dir, weights_file)."""
-    import open_clip
-    import torch
-
-    config_dir = directory / "configs"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "embed_dim": embed_dim,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
-    (config_dir / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(config_dir)
-    torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None)
-    weights = directory / f"{name}.pt"
-    torch.save(model.state_dict(), weights)
-    return config_dir, weights
+    """(config_dir, weights_file) of a tiny random-init open_clip model written under `directory`."""
+    return build_tiny_clip(directory, name, embed_dim, seed)
 
 
 def image_bytes(seed: int, size: tuple[int, int] = (64, 64), fmt: str = "PNG", flat: bool = False) -> bytes:
