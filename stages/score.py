@@ -70,6 +70,8 @@ class ScoreImages(Stage):
         return Resources(cpus=1.0, gpus=self.config.gpus, actors=self.config.actors)
 
     def preflight(self) -> None:
+        if self.config.precision != "fp32" and self.config.gpus == 0:
+            raise StageError(f"score_images.precision: {self.config.precision} needs a GPU (gpus > 0); use fp32 on CPU")
         if not self.pretrained.is_file():
             raise StageError(f"score_images.clip_pretrained: weights file not found: {self.pretrained}")
         head_dim = head_input_dim(self.head_path)
@@ -91,7 +93,8 @@ class ScoreImages(Stage):
     @torch.inference_mode()
     def embed(self, images: list, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor, list[float | None]]:
         """Normalised image embeddings, aesthetic scores and text cosines (None without text)."""
-        pixels = torch.stack([self.preprocess(img) for img in images]).to(self.device)
+        dtype = next(self.model.parameters()).dtype  # fp16/bf16 towers want inputs of their own dtype
+        pixels = torch.stack([self.preprocess(img) for img in images]).to(self.device, dtype)
         img = self.model.encode_image(pixels).float()
         img = img / img.norm(dim=-1, keepdim=True)
         aesthetic = self.head(img)
