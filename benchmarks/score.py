@@ -105,7 +105,8 @@ def main() -> None:
     bare_loop(model, preprocess, tokenizer, head, images[: args.batch], texts[: args.batch], args.batch, args.device)
 
     ours, base = [], []
-    for _ in range(args.repeats):  # interleaved, so machine load hits both alike
+    # interleaved, best of N: on a shared machine single runs swing with other load
+    for _ in range(args.repeats):
         t = time.perf_counter()
         out = stage.run(table)
         ours.append(n / (time.perf_counter() - t))
