@@ -180,6 +180,28 @@ def check_model_dir(local_dir: str | Path) -> Path:
     return path
 
 
+def resolve_model_dir(name_or_dir: str | Path, models_root: str | Path) -> Path:
+    """Map a preset name or a path to a local checkpoint dir; tiny presets are built on first use.
+
+    Real names (REAL_CHECKPOINTS) must already sit converted under `models_root/<name>`.
+    """
+    name = str(name_or_dir)
+    if name in PRESETS:
+        out = Path(models_root) / name
+        if not (out / "config.json").is_file():
+            build_tiny_janus(out, name)
+        return out
+    if name in REAL_CHECKPOINTS:
+        out = Path(models_root) / name
+        if not out.is_dir():
+            raise ModelDirError(
+                f"model dir {out} does not exist; fetch it once with "
+                f"`hf download {REAL_CHECKPOINTS[name]} --local-dir {out}` (nothing is downloaded at run time)"
+            )
+        return check_model_dir(out)
+    return check_model_dir(name)
+
+
 def load_janus(local_dir: str | Path, dtype: torch.dtype | None = None):
     """Load (model, processor) from a local dir: the one path for tiny and real checkpoints."""
     path = check_model_dir(local_dir)
@@ -188,3 +210,14 @@ def load_janus(local_dir: str | Path, dtype: torch.dtype | None = None):
     processor = JanusProcessor.from_pretrained(path, **kwargs)
     model.eval()
     return model, processor
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build a tiny random-init Janus-Pro checkpoint.")
+    parser.add_argument("out_dir")
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(build_tiny_janus(args.out_dir, args.preset, args.seed))

@@ -141,3 +141,16 @@ def test_generate_matches_transformers_cfg(tiny):
     torch.manual_seed(7)
     theirs = model.generate(**inputs, generation_mode="image", guidance_scale=5.0, do_sample=True, temperature=1.0)
     assert torch.equal(ours, theirs)
+
+
+def test_resolve_model_dir(tmp_path, tiny):
+    from model.tiny import resolve_model_dir
+
+    built = resolve_model_dir("tiny", tmp_path)  # built on first use, reused after
+    assert (built / "config.json").is_file()
+    stamp = (built / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model_dir("tiny", tmp_path) == built
+    assert (built / "model.safetensors").stat().st_mtime_ns == stamp
+    assert resolve_model_dir(tiny[0], tmp_path) == tiny[0]  # plain paths pass through, checked
+    with pytest.raises(ModelDirError, match=r"janus-pro-1b does not exist.*deepseek-community/Janus-Pro-1B"):
+        resolve_model_dir("janus-pro-1b", tmp_path)
