@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import time
+from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -23,7 +24,8 @@ FORMATS = {"webp": "WEBP", "jpeg": "JPEG", "png": "PNG"}
 class GenerateConfig(StageConfig):
     stage: Literal["generate_images"] = "generate_images"
     backend: str = Field("janus", description="one of stages.generate_backends.BACKENDS")
-    model_path: str = Field(description="local model dir (relative to the recipe); never downloaded")
+    model_path: str = Field(description="local model dir (relative to the recipe), or a model name (janus: tiny, janus-pro-1b ...)")
+    models_root: str = Field("models", description="where named models live (relative to the recipe)")
     revision: str | None = Field(None, description="recorded in lineage; default: a content id of the dir")
     images_per_prompt: PositiveInt = 4
     # Janus-Pro inference defaults (deepseek-ai/Janus): CFG 5, temperature 1, 576 tokens at 384 px
@@ -63,8 +65,8 @@ class GenerateImages(Stage):
     def __init__(self, config: GenerateConfig, context):
         super().__init__(config, context)
         self.batch_size = config.batch_size
-        self.model_dir = resolve_file(config.model_path, context.recipe_dir)
         self.backend_cls = BACKENDS[config.backend]
+        self.model_dir: Path | None = None  # resolved in preflight (a tiny preset may be built there)
         self.calls = 0  # model calls made by this worker (resume tests and benchmarks read it)
 
     def resources(self) -> Resources:
@@ -75,6 +77,8 @@ class GenerateImages(Stage):
         return {"guidance_scale": c.guidance_scale, "temperature": c.temperature, "steps": c.steps, "width": c.width, "height": c.height}
 
     def preflight(self) -> None:
+        base = self.context.recipe_dir
+        self.model_dir = self.backend_cls.resolve(self.config.model_path, base, resolve_file(self.config.models_root, base))
         self.backend_cls.check(self.model_dir)
         if self.config.dtype != "float32" and self.config.gpus == 0:
             raise StageError(f"generate_images.dtype: {self.config.dtype} needs a GPU (gpus > 0); use float32 on CPU")

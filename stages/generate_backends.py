@@ -41,6 +41,12 @@ class Backend:
         self.model_dir, self.device, self.dtype, self.sampling = model_dir, device, DTYPES[dtype], sampling
 
     @classmethod
+    def resolve(cls, model_path: str, recipe_dir: Path, models_root: Path) -> Path:
+        """The local dir a recipe's model_path names: a path, relative to the recipe."""
+        p = Path(model_path).expanduser()
+        return p if p.is_absolute() else recipe_dir / p
+
+    @classmethod
     def check(cls, model_dir: Path) -> None:
         """Driver-side: the dir exists and holds this backend's kind of checkpoint."""
         if not model_dir.is_dir():
@@ -82,6 +88,18 @@ class JanusBackend(Backend):
     """transformers' JanusForConditionalGeneration in image mode, classifier-free guidance."""
 
     name = "janus"
+
+    @classmethod
+    def resolve(cls, model_path: str, recipe_dir: Path, models_root: Path) -> Path:
+        """Also a model name: a tiny preset (built on first use) or a real one under models_root."""
+        from model.tiny import PRESETS, REAL_CHECKPOINTS, ModelDirError, resolve_model_dir
+
+        if model_path not in PRESETS and model_path not in REAL_CHECKPOINTS:
+            return super().resolve(model_path, recipe_dir, models_root)
+        try:
+            return resolve_model_dir(model_path, models_root)
+        except ModelDirError as err:
+            raise StageError(str(err)) from None
 
     @classmethod
     def check(cls, model_dir: Path) -> None:

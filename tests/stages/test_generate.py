@@ -138,3 +138,12 @@ def test_diffusers_backend_from_a_local_pipeline(tmp_path):
     # the same seed through the pipeline directly gives the same image
     [img] = stage.backend.generate(["a castle at dusk"], [out[1]["lineage"]["seed"]])
     np.testing.assert_array_equal(pixels(out[1]), np.asarray(img))
+
+
+def test_model_path_may_name_the_tiny_preset(tmp_path):
+    stage = make_stage(tmp_path / "recipe", model_path="tiny", models_root=str(tmp_path / "models"), images_per_prompt=1)
+    out = stage.run(prompt_rows("a castle at dusk")).to_pylist()
+    assert out[0]["status"] == "kept" and (tmp_path / "models" / "tiny" / "config.json").is_file()
+    assert out[0]["lineage"]["generator"].startswith(f"janus:{tmp_path / 'models' / 'tiny'}@")
+    with pytest.raises(StageError, match="hf download"):
+        make_stage(tmp_path / "recipe", model_path="janus-pro-1b", models_root=str(tmp_path / "models")).preflight()
