@@ -61,7 +61,9 @@ def histograms(ctx, rows: list[tuple], limits: dict[str, float]) -> str:
         ax.set_title(label.replace("_", " "))
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return ctx.figure(fig)
+    html = ctx.figure(fig)
+    plt.close(fig)
+    return html
 
 
 def thumbnail(data: bytes) -> bytes | None:
@@ -111,7 +113,7 @@ def render(ctx) -> str | None:
     limits = thresholds([r[3] for r in rows])
     counts = con.execute(f"SELECT status, coalesce(reason, ''), count(*) FROM ({query}) GROUP BY ALL ORDER BY 3 DESC").fetchall()
     parts = [
-        f"<p>{len(rows)} images scored; thresholds: aesthetic ≥ {limits.get('aesthetic', '?')}, "
+        f"<p>{len(rows)} images checked, {sum(r[1] is not None for r in rows)} scored; thresholds: aesthetic ≥ {limits.get('aesthetic', '?')}, "
         f"CLIP similarity ≥ {limits.get('clip_similarity', '?')} (dashed lines).</p>",
         histograms(ctx, rows, limits),
         ctx.table(["status", "reason", "rows"], [list(c) for c in counts]),
