@@ -11,7 +11,7 @@ from typing import Literal
 
 import pyarrow as pa
 import torch
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from pipeline.schema import IMAGE_TYPE, LINEAGE_TYPE, STATUS_FILTERED, STATUS_KEPT, conform, sample_id
 from stages.base import Resources, Stage, StageConfig, StageError, register, with_verdicts
@@ -47,6 +47,15 @@ class GenerateConfig(StageConfig):
         if value not in BACKENDS:
             raise ValueError(f"unknown backend {value!r}; known: {sorted(BACKENDS)}")
         return value
+
+    @model_validator(mode="after")
+    def _janus_size(self) -> "GenerateConfig":
+        # Janus renders at its VQ grid (384 px for Janus-Pro): a size here would be silently ignored
+        if self.backend == "janus":
+            for name in ("width", "height", "steps"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} does not apply to the janus backend (its size and token count come from the model)")
+        return self
 
 
 def image_seed(build_seed: int, parent_id: str, index: int) -> int:

@@ -108,6 +108,8 @@ def test_start_up_errors_name_the_problem(janus_dir, tmp_path):
         make_stage(tmp_path).preflight()
     with pytest.raises(ValidationError, match="unknown backend 'dalle'"):
         GenerateConfig(model_path="x", backend="dalle")
+    with pytest.raises(ValidationError, match="width does not apply to the janus backend"):
+        GenerateConfig(model_path="x", width=512)
     with pytest.raises(StageError, match="needs a GPU"):
         make_stage(janus_dir, dtype="bfloat16").preflight()
 
