@@ -66,6 +66,18 @@ class StageContext:
     build_dir: Path | None = None
 
 
+def models_root(context: StageContext, value: str | None) -> Path:
+    """Where named models (tiny presets, local copies of real checkpoints) live.
+
+    A recipe value is relative to the recipe; unset, it is `<build dir>/models`, so tiny
+    presets built on first use stay inside the build and never in the source tree.
+    """
+    if value is not None:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else context.recipe_dir / p
+    return (context.build_dir or context.recipe_dir) / "models"
+
+
 def register(cls):
     """Class decorator: make a Stage or Source reachable by its `name` from recipes."""
     table = SOURCES if issubclass(cls, Source) else STAGES

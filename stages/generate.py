@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from pipeline.schema import IMAGE_TYPE, LINEAGE_TYPE, STATUS_FILTERED, STATUS_KEPT, conform, sample_id
-from stages.base import Resources, Stage, StageConfig, StageError, register, with_verdicts
+from stages.base import Resources, Stage, StageConfig, StageError, models_root, register, with_verdicts
 from stages.clip_models import resolve_file
 from stages.generate_backends import BACKENDS, dir_revision
 
@@ -25,7 +25,7 @@ class GenerateConfig(StageConfig):
     stage: Literal["generate_images"] = "generate_images"
     backend: str = Field("janus", description="one of stages.generate_backends.BACKENDS")
     model_path: str = Field(description="local model dir (relative to the recipe), or a model name (janus: tiny, janus-pro-1b ...)")
-    models_root: str = Field("models", description="where named models live (relative to the recipe)")
+    models_root: str | None = Field(None, description="where named models live (relative to the recipe); default <build>/models")
     revision: str | None = Field(None, description="recorded in lineage; default: a content id of the dir")
     images_per_prompt: PositiveInt = 4
     # Janus-Pro inference defaults (deepseek-ai/Janus): CFG 5, temperature 1, 576 tokens at 384 px
@@ -87,7 +87,7 @@ class GenerateImages(Stage):
 
     def preflight(self) -> None:
         base = self.context.recipe_dir
-        self.model_dir = self.backend_cls.resolve(self.config.model_path, base, resolve_file(self.config.models_root, base))
+        self.model_dir = self.backend_cls.resolve(self.config.model_path, base, models_root(self.context, self.config.models_root))
         self.backend_cls.check(self.model_dir)
         if self.config.dtype != "float32" and self.config.gpus == 0:
             raise StageError(f"generate_images.dtype: {self.config.dtype} needs a GPU (gpus > 0); use float32 on CPU")

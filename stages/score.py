@@ -10,7 +10,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from pipeline.schema import SCORES_TYPE, STATUS_FAILED, STATUS_FILTERED, STATUS_KEPT
-from stages.base import Resources, Stage, StageConfig, StageError, register, with_verdicts
+from stages.base import Resources, Stage, StageConfig, StageError, models_root, register, with_verdicts
 from stages.clip_models import LAION_HEAD, clip_embed_dim, head_input_dim, load_aesthetic_head, load_clip, resolve_file, shared_dir
 from stages.image_checks import PIL_DEFAULT_MAX_PIXELS, ImageLimits, ImageRejected, check, decode, pixel_hash
 
@@ -18,10 +18,15 @@ EMBEDDING = pa.field("clip_embedding", pa.list_(pa.float32()))  # L2-normalised,
 PIXEL_HASH = pa.field("pixel_hash", pa.string())  # hash of decoded pixels, for dedup_images
 
 
+TINY_CLIP, TINY_CLIP_NAME = "tiny", "tiny-clip-768"
+
+
 class ScoreConfig(StageConfig):
     stage: Literal["score_images"] = "score_images"
     clip_model: str = Field("ViT-L-14", description="open_clip architecture name")
-    clip_pretrained: str = Field(description="local open_clip weights file (ViT-L-14 openai for the LAION head)")
+    clip_pretrained: str = Field(description="local open_clip weights file (ViT-L-14 openai for the LAION head), "
+                                 "or `tiny`: a random-init 768-d CLIP built on first use under models_root")
+    models_root: str | None = Field(None, description="where `tiny` is built (relative to the recipe); default <build>/models")
     clip_config_dir: str | None = Field(None, description="folder of extra open_clip model-config JSONs")
     aesthetic_head: str | None = Field(None, description="head weights; default: shared/" + LAION_HEAD)
     # LAION-Aesthetics v2 "5+" cut; NeMo Curator's 0.5 default would keep nearly everything.
@@ -61,8 +66,13 @@ class ScoreImages(Stage):
         super().__init__(config, context)
         self.batch_size = config.batch_size
         base = context.recipe_dir
-        self.pretrained = resolve_file(config.clip_pretrained, base)
-        self.config_dir = resolve_file(config.clip_config_dir, base)
+        if config.clip_pretrained == TINY_CLIP:
+            clip_dir = models_root(context, config.models_root) / "clip"
+            self.clip_name, self.pretrained, self.config_dir = TINY_CLIP_NAME, clip_dir / f"{TINY_CLIP_NAME}.pt", clip_dir / "configs"
+        else:
+            self.clip_name = config.clip_model
+            self.pretrained = resolve_file(config.clip_pretrained, base)
+            self.config_dir = resolve_file(config.clip_config_dir, base)
         self.head_path = resolve_file(config.aesthetic_head, base, shared_dir() / LAION_HEAD)
         self.limits = ImageLimits(config.min_side, config.max_aspect_ratio, config.min_pixel_std)
 
@@ -72,13 +82,17 @@ class ScoreImages(Stage):
     def preflight(self) -> None:
         if self.config.precision != "fp32" and self.config.gpus == 0:
             raise StageError(f"score_images.precision: {self.config.precision} needs a GPU (gpus > 0); use fp32 on CPU")
+        if self.config.clip_pretrained == TINY_CLIP and not self.pretrained.is_file():
+            from model.tiny_clip import build_tiny_clip
+
+            build_tiny_clip(self.pretrained.parent, name=TINY_CLIP_NAME)
         if not self.pretrained.is_file():
             raise StageError(f"score_images.clip_pretrained: weights file not found: {self.pretrained}")
         head_dim = head_input_dim(self.head_path)
-        clip_dim = clip_embed_dim(self.config.clip_model, self.config_dir)
+        clip_dim = clip_embed_dim(self.clip_name, self.config_dir)
         if head_dim != clip_dim:
             raise StageError(
-                f"score_images: open_clip model {self.config.clip_model!r} gives {clip_dim}-d embeddings but the "
+                f"score_images: open_clip model {self.clip_name!r} gives {clip_dim}-d embeddings but the "
                 f"aesthetic head {self.head_path.name} takes {head_dim}-d (the LAION head needs ViT-L-14)"
             )
 
@@ -86,7 +100,7 @@ class ScoreImages(Stage):
         self.preflight()
         self.device = "cuda" if self.config.gpus > 0 and torch.cuda.is_available() else "cpu"
         self.model, self.preprocess, self.tokenizer = load_clip(
-            self.config.clip_model, self.pretrained, self.config_dir, self.device, self.config.precision
+            self.clip_name, self.pretrained, self.config_dir, self.device, self.config.precision
         )
         self.head = load_aesthetic_head(self.head_path).to(self.device)
 
