@@ -82,18 +82,19 @@ class Encoder:
             out += [self.boi] + [self.image_token] * self.num_image_tokens + [self.eoi] + self._ids(part)
         return out + self._ids("\n\n")
 
-    def encode(self, row: dict[str, Any], index: int) -> Example:
+    def encode(self, row: dict[str, Any], index: int, with_image: bool = True) -> Example:
+        """`index` is the row's global position (seeds its CFG drop); `with_image=False` only tokenises."""
         task = row["task"]
         if task == "understanding":
-            return self._understanding(row)
+            return self._understanding(row, with_image)
         if task == "text":
             ids = [self.bos] + self._ids(row.get("text") or "") + [self.eos]
             return self._fit(Example(task, row["sample_id"], ids, [IGNORE] + ids[1:]))
         if task == "generation":
-            return self._generation(row, index)
+            return self._generation(row, index, with_image)
         raise DataError(f"{row.get('shard')}: row {row['sample_id']} has unknown task {task!r}")
 
-    def _understanding(self, row: dict[str, Any]) -> Example:
+    def _understanding(self, row: dict[str, Any], with_image: bool) -> Example:
         from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
         ids = [self.bos] + (self._ids(DEFAULT_SYSTEM_PROMPT) if self.system else [])
@@ -112,9 +113,9 @@ class Encoder:
                 user = self._user(turn["content"])
                 ids += user
                 labels += [IGNORE] * len(user)
-        return self._fit(Example("understanding", row["sample_id"], ids, labels, image=decode_image(row)))
+        return self._fit(Example("understanding", row["sample_id"], ids, labels, image=decode_image(row) if with_image else None))
 
-    def _generation(self, row: dict[str, Any], index: int) -> Example:
+    def _generation(self, row: dict[str, Any], index: int, with_image: bool) -> Example:
         prompt = self._ids("<|User|>: " + (row.get("prompt") or "").strip() + "\n\n<|Assistant|>:")
         if self.dropped(index):
             # The unconditional row of Janus CFG: every prompt token but BOS/BOI becomes pad.
@@ -126,7 +127,7 @@ class Encoder:
             if len(example.image_ids) != self.num_image_tokens:
                 raise DataError(f"{row.get('shard')}: row {row['sample_id']} has {len(example.image_ids)} image tokens, "
                                 f"the model generates {self.num_image_tokens} (VQ-tokenised with another model?)")
-        else:
+        elif with_image:
             example.image = decode_image(row)  # encoded to VQ ids on the fly (no pre-tokenisation)
         return self._fit(example)
 
