@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pipeline.schema import make_rows, to_shard  # noqa: E402
+from pipeline.schema import make_rows, sample_id, to_shard  # noqa: E402
 
 WORDS = ["red", "blue", "green", "square", "circle", "chart", "bar", "line", "cat", "dog"]
 
@@ -43,6 +43,7 @@ def sample_rows(n: int, ratio: dict[str, int], seed: int = 0, image_tokens: list
         task = order[i % len(order)]
         words = " ".join(rng.choice(WORDS, 3))
         row = {"task": task, "source": f"test_{task}", "source_key": f"{seed}-{i}"}
+        row["sample_id"] = sample_id(row["source"], row["source_key"])
         if task == "understanding":
             row["image"] = {"bytes": png(seed * 1000 + i), "path": f"{i}.png"}
             row["conversation"] = [
