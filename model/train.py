@@ -145,7 +145,7 @@ class Trainer:
             "lr": lr, "grad_norm": grad_norm, "rows": data.rows,
             "ratio_drift": ratio_drift(data.rows, {t: self.recipe.share(t) for t in TASKS}),
             "tokens": data.tokens, "tokens_per_s": data.tokens / (step_time + data_wait),
-            "step_time": step_time, "data_wait": data_wait, "first_row": data.first_row,
+            "step_time": step_time, "data_wait": data_wait, "first_row": data.first_row, "workers": self.world.size,
         }
 
     def log(self, record: dict, bar: tqdm) -> None:
