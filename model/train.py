@@ -187,6 +187,9 @@ def summary(log_path: Path, recipe: TrainRecipe, window: int = 4) -> dict:
             out["loss"][task] = {"first": sum(values[:k]) / k, "last": sum(values[-k:]) / k}
     if records:
         out["ratio_drift_mean"] = sum(r["ratio_drift"] for r in records) / len(records)
-        busy = sum(r["step_time"] + r["data_wait"] for r in records)
-        out["data_wait_share"] = sum(r["data_wait"] for r in records) / busy if busy else 0.0
+        # The first step also waits for the loader to start (imports, first decode): reported apart.
+        steady = records[1:] or records
+        busy = sum(r["step_time"] + r["data_wait"] for r in steady)
+        out["data_wait_share"] = sum(r["data_wait"] for r in steady) / busy if busy else 0.0
+        out["first_step_data_wait_s"] = records[0]["data_wait"]
     return out
