@@ -146,6 +146,7 @@ class Trainer:
             "ratio_drift": ratio_drift(data.rows, {t: self.recipe.share(t) for t in TASKS}),
             "tokens": data.tokens, "tokens_per_s": data.tokens / (step_time + data_wait),
             "step_time": step_time, "data_wait": data_wait, "first_row": data.first_row, "workers": self.world.size,
+            "time": time.time(),
         }
 
     def log(self, record: dict, bar: tqdm) -> None:
