@@ -170,7 +170,9 @@ class Trainer:
             from model.samples import write_samples
 
             save_loss_plot(self.out / "train.jsonl", self.out / "loss.png", self.recipe.name)
-            write_samples(self.model, self.processor, self.recipe, self.shards, self.out / "samples", self.world.device)
+            # Sharded (FSDP) weights are not whole on any rank: sample from the saved final model then.
+            model = load_janus(final)[0].to(self.world.device) if self.recipe.fsdp and self.world.size > 1 else self.model
+            write_samples(model, self.processor, self.recipe, self.shards, self.out / "samples", self.world.device)
             (self.out / "summary.json").write_text(json.dumps(summary(self.out / "train.jsonl", self.recipe), indent=2))
         return final
 
