@@ -110,7 +110,12 @@ class Checkpointer:
             tmp = self.final.with_name("final.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             _save_model(model, processor, {_strip(k): v for k, v in weights.items()}, tmp)
+            old = self.final.with_name("final.old")
+            if self.final.exists():  # a resumed run that trained further replaces its final model
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.final, old)
             os.replace(tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
         _barrier()
         return self.final
 

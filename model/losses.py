@@ -21,9 +21,13 @@ TaskSums = dict[str, tuple[torch.Tensor, torch.Tensor]]  # task -> (sum of token
 class JanusLoss(nn.Module):
     """Wraps the model so DDP/FSDP see one forward: micro-batch in, per-task (CE sum, count) out."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, touch_all: bool = False):
         super().__init__()
         self.model = model
+        # FSDP reduce-scatters only parameters that got a gradient; a worker whose micro-batch
+        # lacks a task would then send a different-sized collective. touch_all runs every path
+        # (times zero) so all workers reduce the same parameters.
+        self.touch_all = touch_all
 
     def forward(self, mb: MicroBatch) -> TaskSums:
         inner = self.model.model  # JanusModel: vision_model, aligner, generation_*, language_model
@@ -37,7 +41,26 @@ class JanusLoss(nn.Module):
             gen = self.model.prepare_embeddings_for_image_generation(mb.gen_inputs[gen_slots])
             embeds = embeds.masked_scatter(gen_slots.unsqueeze(-1), gen.to(embeds.dtype))
         hidden = inner(inputs_embeds=embeds, attention_mask=mb.attention_mask).last_hidden_state
-        return task_losses(self.model, hidden, mb)
+        out = task_losses(self.model, hidden, mb)
+        if self.touch_all:
+            zero = self._unused_paths(mb, hidden)
+            task = next(iter(out))
+            out[task] = (out[task][0] + zero, out[task][1])
+        return out
+
+    def _unused_paths(self, mb: MicroBatch, hidden: torch.Tensor) -> torch.Tensor:
+        """0 x (the output of each path this micro-batch did not use): gradients of exact zeros."""
+        inner, terms = self.model.model, []
+        if mb.pixel_values is None:
+            size = self.model.config.vision_config.image_size
+            pixels = hidden.new_zeros(1, 3, size, size)
+            terms.append(inner.get_image_features(pixels).pooler_output.sum())
+        if not (mb.gen_inputs >= 0).any():
+            gen = self.model.prepare_embeddings_for_image_generation(mb.input_ids.new_zeros(1))
+            terms.append(gen.sum() + inner.generation_head(hidden[:1, 0]).sum())
+        if not (mb.labels != IGNORE).any():
+            terms.append(self.model.lm_head(hidden[:1, 0]).sum())
+        return sum(terms, hidden.new_zeros(())) * 0.0
 
 
 def task_losses(model: nn.Module, hidden: torch.Tensor, mb: MicroBatch) -> TaskSums:

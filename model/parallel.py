@@ -48,9 +48,12 @@ def parallelize(module: nn.Module, world: World, fsdp: bool) -> nn.Module:
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
+        # The VQ model is frozen and runs outside the training forward (on-the-fly encoding in
+        # the loader thread, sample decoding): keep it whole on every rank.
+        vq = set(module.model.model.vqmodel.parameters())
         for layer in module.model.model.language_model.layers:
             fully_shard(layer)
-        return fully_shard(module)
+        return fully_shard(module, ignored_params=vq)
     ids = [world.device.index] if world.device.type == "cuda" else None
     # A step may hold no rows of a task (e.g. no understanding rows): its modules get no
     # gradient on that rank, which DDP must be told about.

@@ -68,7 +68,7 @@ class Trainer:
         torch.manual_seed(recipe.seed)
         self.model, self.processor = load_janus(resume_from or resolve_init(recipe.init))
         self.trainable = apply_freezing(self.model, recipe.trainable)
-        self.module = parallelize(JanusLoss(self.model), self.world, recipe.fsdp)
+        self.module = parallelize(JanusLoss(self.model, touch_all=recipe.fsdp and self.world.size > 1), self.world, recipe.fsdp)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         o = recipe.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)

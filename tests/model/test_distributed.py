@@ -1,4 +1,4 @@
-"""Ray Train: two CPU workers (gloo, DDP) reproduce the single-process run of the same recipe."""
+"""Ray Train: two CPU workers (gloo; DDP or FSDP) reproduce the single-process run of the same recipe."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from tests.model.test_train import recipe_file
 pytestmark = pytest.mark.slow
 
 
-def test_two_ray_workers_match_one_process(tmp_path, tiny_dir, tiny_build):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_ray_workers_match_one_process(fsdp, tmp_path, tiny_dir, tiny_build):
     ray = pytest.importorskip("ray")
     from model.distributed import run_distributed
 
-    recipe = load_train_recipe(recipe_file(tmp_path, 2, schedule__steps=3, batch__micro=2), data=tiny_build, init=tiny_dir)
+    recipe = load_train_recipe(recipe_file(tmp_path, 2, schedule__steps=3, batch__micro=2, fsdp=fsdp), data=tiny_build, init=tiny_dir)
     Trainer(recipe, tmp_path / "one").train()
     try:
         final = run_distributed(recipe, tmp_path / "two", resume=False, workers=2, use_gpu=False)
