@@ -49,6 +49,12 @@ def preflight(recipe: TrainRecipe, out_dir: Path, resume: bool, world: int) -> S
     if recipe.batch.size % (world * recipe.batch.micro):
         raise TrainingError(f"{recipe.path}: batch.size {recipe.batch.size} is not a multiple of "
                             f"workers ({world}) x batch.micro ({recipe.batch.micro})")
+    mixed_ratio = shards.manifest.get("ratio") or {}
+    if mixed_ratio and sum(mixed_ratio.values()) > 0:
+        total = sum(mixed_ratio.values())
+        off = {t: round(mixed_ratio.get(t, 0) / total, 3) for t in TASKS if abs(mixed_ratio.get(t, 0) / total - recipe.share(t)) > 1e-6}
+        if off:
+            log.warning("shards were mixed with ratio %s, the recipe asks %s: per-step drift will show it", mixed_ratio, recipe.ratio)
     mixed = shards.manifest.get("global_batch")
     if mixed and mixed != recipe.batch.size:
         log.warning("shards were mixed in batches of %s rows, the recipe steps %s rows: the per-step ratio drifts",
