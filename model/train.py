@@ -74,6 +74,7 @@ class Trainer:
         torch.manual_seed(recipe.seed)
         self.model, self.processor = load_janus(resume_from or resolve_init(recipe.init))
         self.trainable = apply_freezing(self.model, recipe.trainable)
+        log.info("stage %s trains %s", recipe.stage, {g: n for g, n in self.trainable.items() if n})
         self.module = parallelize(JanusLoss(self.model, touch_all=recipe.fsdp and self.world.size > 1), self.world, recipe.fsdp)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         o = recipe.optim
