@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from itertools import islice
 from typing import Any, Iterator
 
 import pyarrow.compute as pc
@@ -100,12 +101,12 @@ class ShardSet:
                     yield row
 
     def tail(self, task: str, n: int, skip_rows: int) -> tuple[list[dict[str, Any]], bool]:
-        """Up to n rows of `task` after the first `skip_rows` rows (held out), else the last ones seen."""
-        held, seen = [], []
-        for i, row in enumerate(self._rows_from(0)):
-            if row["task"] != task:
-                continue
-            (held if i >= skip_rows else seen).append(row)
-            if len(held) == n:
-                break
-        return (held, True) if held else (seen[-n:], False)
+        """Up to n rows of `task` after the first `skip_rows` rows (held out: training never read
+        them); when training read every row, the last ones of the task, flagged as seen."""
+        if skip_rows < self.rows:
+            held = list(islice((r for r in self._rows_from(skip_rows) if r["task"] == task), n))
+            if held:
+                return held, True
+        window = max(0, self.rows - 64 * n)  # the task's last rows sit near the end of a mixed build
+        seen = [r for r in self._rows_from(window) if r["task"] == task]
+        return seen[-n:], False
