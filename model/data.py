@@ -1,0 +1,194 @@
+"""Shard rows -> token/image examples per task -> padded micro-batches (with CFG prompt drop)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from PIL import Image, ImageOps
+
+from model.shards import DataError
+
+IGNORE = -100  # torch cross_entropy's ignore_index: prompt, image positions and padding
+
+
+@dataclass
+class Example:
+    """One row as token ids; generation rows also carry their VQ ids after the text prefix."""
+
+    task: str
+    sample_id: str
+    input_ids: list[int]
+    labels: list[int]  # same length as input_ids; IGNORE where no loss
+    image: Image.Image | None = None  # understanding image (goes through SigLIP)
+    image_ids: list[int] = field(default_factory=list)  # generation targets (VQ ids)
+
+    @property
+    def length(self) -> int:
+        # The last VQ id is only a target, never an input.
+        return len(self.input_ids) + max(len(self.image_ids) - 1, 0)
+
+    @property
+    def targets(self) -> int:
+        return len(self.image_ids) if self.task == "generation" else sum(1 for t in self.labels if t != IGNORE)
+
+
+def decode_image(row: dict[str, Any]) -> Image.Image:
+    image = row.get("image") or {}
+    data = image.get("bytes")
+    if not data:
+        raise DataError(f"{row.get('shard')}: row {row['sample_id']} ({row['task']}) has no image bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{row.get('shard')}: row {row['sample_id']} has a corrupt image: {err}") from None
+
+
+def generation_pixels(images: list[Image.Image], image_processor) -> torch.Tensor:
+    """Paper: generation images are resized on the short side and centre-cropped (no padding)."""
+    size = image_processor.size["height"]
+    square = [ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC) for img in images]
+    return image_processor(images=square, return_tensors="pt")["pixel_values"]
+
+
+class Encoder:
+    """Turns shard rows into Examples with the Janus chat format (deepseek-ai/Janus sft_format)."""
+
+    def __init__(self, processor, max_seq_len: int, cfg_drop: float, seed: int, num_image_tokens: int):
+        self.processor = processor
+        self.tok = processor.tokenizer
+        self.max_seq_len = max_seq_len
+        self.cfg_drop = cfg_drop
+        self.seed = seed
+        ids = self.tok.convert_tokens_to_ids
+        self.bos, self.eos, self.pad = self.tok.bos_token_id, self.tok.eos_token_id, self.tok.pad_token_id
+        self.boi, self.eoi = ids(processor.image_start_token), ids(processor.image_end_token)
+        self.image_token = ids(processor.image_token)
+        self.num_image_tokens = num_image_tokens
+        self.system = getattr(processor, "use_default_system_prompt", False)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _user(self, content: str) -> list[int]:
+        """A user turn; each <image_placeholder> becomes BOI + N image positions + EOI."""
+        parts = content.split(self.processor.image_token)
+        out = self._ids("<|User|>: " + parts[0])
+        for part in parts[1:]:
+            out += [self.boi] + [self.image_token] * self.num_image_tokens + [self.eoi] + self._ids(part)
+        return out + self._ids("\n\n")
+
+    def encode(self, row: dict[str, Any], index: int, with_image: bool = True) -> Example:
+        """`index` is the row's global position (seeds its CFG drop); `with_image=False` only tokenises."""
+        task = row["task"]
+        if task == "understanding":
+            return self._understanding(row, with_image)
+        if task == "text":
+            ids = [self.bos] + self._ids(row.get("text") or "") + [self.eos]
+            return self._fit(Example(task, row["sample_id"], ids, [IGNORE] + ids[1:]))
+        if task == "generation":
+            return self._generation(row, index, with_image)
+        raise DataError(f"{row.get('shard')}: row {row['sample_id']} has unknown task {task!r}")
+
+    def _understanding(self, row: dict[str, Any], with_image: bool) -> Example:
+        from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
+
+        ids = [self.bos] + (self._ids(DEFAULT_SYSTEM_PROMPT) if self.system else [])
+        labels = [IGNORE] * len(ids)
+        turns = row.get("conversation") or []
+        placeholders = sum(t["content"].count(self.processor.image_token) for t in turns)
+        if placeholders != 1 or not any(t["role"] == "assistant" for t in turns):
+            raise DataError(f"{row.get('shard')}: understanding row {row['sample_id']} needs one image placeholder "
+                            f"and an assistant turn (found {placeholders} placeholders)")
+        for turn in turns:
+            if turn["role"] == "assistant":
+                head, answer = self._ids("<|Assistant|>:"), self._ids(" " + turn["content"].strip()) + [self.eos]
+                ids += head + answer
+                labels += [IGNORE] * len(head) + answer
+            else:
+                user = self._user(turn["content"])
+                ids += user
+                labels += [IGNORE] * len(user)
+        return self._fit(Example("understanding", row["sample_id"], ids, labels, image=decode_image(row) if with_image else None))
+
+    def _generation(self, row: dict[str, Any], index: int, with_image: bool) -> Example:
+        prompt = self._ids("<|User|>: " + (row.get("prompt") or "").strip() + "\n\n<|Assistant|>:")
+        if self.dropped(index):
+            # The unconditional row of Janus CFG: every prompt token but BOS/BOI becomes pad.
+            prompt = [self.pad] * len(prompt)
+        ids = [self.bos] + prompt + [self.boi]
+        example = Example("generation", row["sample_id"], ids, [IGNORE] * len(ids))
+        if row.get("image_tokens") is not None:
+            example.image_ids = [int(t) for t in row["image_tokens"]]
+            if len(example.image_ids) != self.num_image_tokens:
+                raise DataError(f"{row.get('shard')}: row {row['sample_id']} has {len(example.image_ids)} image tokens, "
+                                f"the model generates {self.num_image_tokens} (VQ-tokenised with another model?)")
+        elif with_image:
+            example.image = decode_image(row)  # encoded to VQ ids on the fly (no pre-tokenisation)
+        return self._fit(example)
+
+    def dropped(self, index: int) -> bool:
+        """Deterministic per (seed, global row index): resume replays the same drops."""
+        digest = hashlib.sha256(f"{self.seed}:{index}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.cfg_drop
+
+    def _fit(self, ex: Example) -> Example:
+        extra = ex.length - self.max_seq_len
+        if extra > 0:
+            if ex.task == "generation" or self.image_token in ex.input_ids[-extra:]:
+                raise DataError(f"row {ex.sample_id} ({ex.task}) needs {ex.length} positions > max_seq_len {self.max_seq_len}")
+            ex.input_ids, ex.labels = ex.input_ids[: -extra], ex.labels[: -extra]
+        return ex
+
+
+@dataclass
+class MicroBatch:
+    """Right-padded tensors for one forward; `gen_*` mark positions fed/predicted by the image path."""
+
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    labels: torch.Tensor  # [B, T] text targets, unshifted (HF convention)
+    gen_inputs: torch.Tensor  # [B, T] VQ id whose generation embedding goes at this position, -1 = none
+    gen_targets: torch.Tensor  # [B, T] VQ id predicted from this position's hidden state, IGNORE = none
+    pixel_values: torch.Tensor | None  # [n_und_rows, 3, H, W] in row order
+    tasks: list[str]
+
+    def to(self, device: torch.device) -> MicroBatch:
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return MicroBatch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.gen_inputs),
+                          move(self.gen_targets), move(self.pixel_values), self.tasks)
+
+
+def collate(examples: list[Example], pad_id: int, image_processor) -> MicroBatch:
+    width = max(ex.length for ex in examples)
+    shape = (len(examples), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    attention = torch.zeros(shape, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    gen_inputs = torch.full(shape, -1, dtype=torch.long)
+    gen_targets = torch.full(shape, IGNORE, dtype=torch.long)
+    for i, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        input_ids[i, :n] = torch.tensor(ex.input_ids)
+        labels[i, :n] = torch.tensor(ex.labels)
+        attention[i, : ex.length] = 1
+        if ex.image_ids:
+            ids = torch.tensor(ex.image_ids)
+            gen_inputs[i, n : n + len(ids) - 1] = ids[:-1]
+            gen_targets[i, n - 1 : n - 1 + len(ids)] = ids  # BOI predicts the first id
+    images = [ex.image for ex in examples if ex.task == "understanding"]
+    pixels = image_processor(images=images, return_tensors="pt")["pixel_values"] if images else None
+    return MicroBatch(input_ids, attention, labels, gen_inputs, gen_targets, pixels, [ex.task for ex in examples])
+
+
+def fill_image_ids(examples: list[Example], image_processor, encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Generation rows without pre-computed ids: VQ-encode their images now (slow path)."""
+    todo = [ex for ex in examples if ex.task == "generation" and not ex.image_ids]
+    if todo:
+        ids = encode(generation_pixels([ex.image for ex in todo], image_processor))
+        for ex, row_ids in zip(todo, ids.tolist()):
+            ex.image_ids, ex.image = row_ids, None
