@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from pipeline.schema import TASKS
+from pipeline.yamlfile import describe, read_mapping
 
 # Module groups of JanusForConditionalGeneration a recipe may train (paper, Table 2 "what trains").
 MODULE_GROUPS = (
@@ -124,31 +124,15 @@ class TrainRecipe(_Strict):
         return self.ratio[task] / sum(self.ratio.values())
 
 
-def _where(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def load_train_recipe(path: str | Path, data: str | Path | None = None, init: str | Path | None = None) -> TrainRecipe:
     """Parse, override (--data / --init) and validate a train recipe; raises TrainRecipeError."""
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise TrainRecipeError(f"{path}: train recipe not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise TrainRecipeError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise TrainRecipeError(f"{path}: expected a mapping at the top level")
+    path, raw = read_mapping(path, TrainRecipeError, "train recipe")
     if "path" in raw:
         raise TrainRecipeError(f"{path}: path: set by the loader, not a recipe field")
     try:
         recipe = TrainRecipe.model_validate({**raw, "path": path})
     except ValidationError as err:
-        lines = [f"{path}: {_where(tuple(e['loc']))}: {e['msg']}" for e in err.errors()]
-        raise TrainRecipeError("\n".join(lines)) from None
+        raise TrainRecipeError(describe(path, err)) from None
     # Overrides are cwd-relative (they come from a shell); recipe paths are recipe-relative.
     data_dir = Path(data).resolve() if data is not None else _rel(path, recipe.data.dir)
     init_dir = Path(init).resolve() if init is not None else _rel(path, recipe.init)

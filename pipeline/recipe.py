@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from pipeline.schema import TASKS
+from pipeline.yamlfile import describe, read_mapping
 from stages import load_all
 from stages.base import SOURCES, STAGES, SourceConfig, StageConfig
 
@@ -93,18 +93,8 @@ class _RecipeFile(_Strict):
     mix: MixConfig
 
 
-def _where(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _raise(path: Path, error: ValidationError, prefix: tuple = ()) -> None:
-    lines = []
-    for item in error.errors():
-        lines.append(f"{path}: {_where(prefix + tuple(item['loc']))}: {item['msg']}")
-    raise RecipeError("\n".join(lines)) from None
+    raise RecipeError(describe(path, error, prefix)) from None
 
 
 def _validate_source(path: Path, name: str, raw: dict[str, Any]) -> SourcePlan:
@@ -158,15 +148,7 @@ def recipe_hash(file_model: dict[str, Any], inputs: list[Path]) -> str:
 def load_recipe(path: str | Path) -> Recipe:
     """Parse and validate a recipe; raises RecipeError naming the file and field."""
     load_all()
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: expected a mapping at the top level")
+    path, raw = read_mapping(path, RecipeError)
     try:
         parsed = _RecipeFile.model_validate(raw)
     except ValidationError as err:

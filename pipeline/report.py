@@ -52,7 +52,8 @@ class ReportContext:
 
     def table(self, header: list[str], rows: list[list]) -> str:
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
+        cell = lambda v: f"<td{' class=num' if isinstance(v, (int, float)) else ''}>{html.escape(_fmt(v))}</td>"  # noqa: E731
+        body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -65,9 +66,10 @@ def _fmt(v) -> str:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:4px;vertical-align:top}
-figcaption{font-size:11px;max-width:260px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}"""
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}
+th{background:#f2f2f2}figure{display:inline-block;margin:4px;vertical-align:top}
+figcaption{font-size:11px;max-width:260px}img{max-width:100%}
+figure img{min-width:96px;image-rendering:pixelated}td.num{text-align:right}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:2em}"""
 
 
 def write_report(build_dir: Path, out: Path, train_dir: Path | None = None) -> Path:

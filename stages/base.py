@@ -12,7 +12,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +23,7 @@ from pipeline.schema import (
     STATUS_FILTERED,
     STATUS_KEPT,
     conform,
+    make_rows,
 )
 
 STAGES: dict[str, type["Stage"]] = {}
@@ -223,6 +224,18 @@ class FileSourceConfig(SourceConfig):
             if not resolve_paths(base, [item]):
                 raise ValueError(f"no input file matches {item!r} (relative to {base})")
         return value
+
+
+def row_tables(rows: Iterable[dict[str, Any]], size: int) -> Iterator[pa.Table]:
+    """Work tables of at most `size` rows from a stream of row dicts (sources stream files this way)."""
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield make_rows(chunk)
+            chunk = []
+    if chunk:
+        yield make_rows(chunk)
 
 
 def resolve_paths(base: Path, patterns: Sequence[str]) -> list[Path]:

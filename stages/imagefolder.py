@@ -10,8 +10,8 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 from pydantic import Field, ValidationInfo, field_validator
 
-from pipeline.schema import STATUS_FAILED, make_rows
-from stages.base import Source, SourceConfig, register
+from pipeline.schema import STATUS_FAILED
+from stages.base import Source, SourceConfig, register, row_tables
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jpe"}
 
@@ -79,31 +79,28 @@ class ImageFolder(Source):
         names = self._names()
         class_id = path.name
         name = names.get(class_id) if names is not None else class_id.replace("_", " ")
-        rows = []
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            key = f"{class_id}/{file.relative_to(path).as_posix()}"
-            row = {"source": self.context.source, "source_key": key, "task": self.task}
-            error = None
-            if name is None:
-                error = ("unknown_class", f"{class_id} is not in {self.config.class_names}")
-            elif file.suffix.lower() not in IMAGE_SUFFIXES:
-                error = ("not_an_image", f"{key}: suffix {file.suffix or 'none'!r}")
-            else:
-                try:
-                    with Image.open(file) as img:
-                        img.load()  # full decode: truncated files fail here
-                        width, height = img.size
-                except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-                    error = ("corrupt_image", f"{key}: {err}"[:500])
-            if error:
-                row.update(status=STATUS_FAILED, reason=error[0], detail=error[1])
-            else:
-                row.update(prompt=self.config.prompt_template.format(name=name), width=width, height=height,
-                           image={"bytes": file.read_bytes(), "path": key},
-                           meta={"class_id": class_id, "class_name": name})
-            rows.append(row)
-            if len(rows) >= self.config.rows_per_table:
-                yield make_rows(rows)
-                rows = []
-        if rows:
-            yield make_rows(rows)
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        yield from row_tables((self._row(class_id, name, path, file) for file in files), self.config.rows_per_table)
+
+    def _row(self, class_id: str, name: str | None, class_dir: Path, file: Path) -> dict:
+        key = f"{class_id}/{file.relative_to(class_dir).as_posix()}"
+        row = {"source": self.context.source, "source_key": key, "task": self.task}
+        error = None
+        if name is None:
+            error = ("unknown_class", f"{class_id} is not in {self.config.class_names}")
+        elif file.suffix.lower() not in IMAGE_SUFFIXES:
+            error = ("not_an_image", f"{key}: suffix {file.suffix or 'none'!r}")
+        else:
+            try:
+                with Image.open(file) as img:
+                    img.load()  # full decode: truncated files fail here
+                    width, height = img.size
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+                error = ("corrupt_image", f"{key}: {err}"[:500])
+        if error:
+            row.update(status=STATUS_FAILED, reason=error[0], detail=error[1])
+        else:
+            row.update(prompt=self.config.prompt_template.format(name=name), width=width, height=height,
+                       image={"bytes": file.read_bytes(), "path": key},
+                       meta={"class_id": class_id, "class_name": name})
+        return row

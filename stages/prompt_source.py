@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import field_validator
 
-from pipeline.schema import STATUS_FAILED, make_rows
-from stages.base import FileSourceConfig, Source, StageError, register, resolve_paths
+from pipeline.schema import STATUS_FAILED
+from stages.base import FileSourceConfig, Source, StageError, register, resolve_paths, row_tables
 
 ROWS_PER_TABLE = 2048
 # JSON has no header: preflight looks at this many parseable records for the column.
@@ -82,16 +82,11 @@ class MidjourneyPrompts(Source):
 
     def read(self, path: Path) -> Iterator[pa.Table]:
         records = {"parquet": _parquet_records, "jsonl": _jsonl_records, "csv": _csv_records}[_format(path)]
-        rows: list[dict[str, Any]] = []
         seen_keys: set[str] = set()
         name = self._file_key(path)
-        for line, record, error in records(path, self.config.column, self.config.key_column):
-            rows.append(self._row(name, line, record, error, seen_keys))
-            if len(rows) >= ROWS_PER_TABLE:
-                yield make_rows(rows)
-                rows = []
-        if rows:
-            yield make_rows(rows)
+        rows = (self._row(name, line, record, error, seen_keys)
+                for line, record, error in records(path, self.config.column, self.config.key_column))
+        yield from row_tables(rows, ROWS_PER_TABLE)
 
     def _row(self, name: str, line: int, record: dict | None, error: tuple[str, str] | None, seen_keys: set[str]) -> dict[str, Any]:
         """A work row; a record that cannot be read becomes a failed row naming file and line."""

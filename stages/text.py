@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from pipeline.schema import STATUS_FAILED, STATUS_FILTERED, STATUS_KEPT, make_rows
-from stages.base import FileSourceConfig, Source, Stage, StageConfig, register, resolve_paths, with_verdicts
+from pipeline.schema import STATUS_FAILED, STATUS_FILTERED, STATUS_KEPT
+from stages.base import FileSourceConfig, Source, Stage, StageConfig, register, resolve_paths, row_tables, with_verdicts
 
 
 class TextSourceConfig(FileSourceConfig):
@@ -41,19 +41,15 @@ class TextCorpus(Source):
 
     def read(self, path: Path) -> Iterator[pa.Table]:
         records = _parquet_records(path, self.config) if path.suffix == ".parquet" else _jsonl_records(path, self.config)
-        rows = []
-        for key, text, error in records:
-            row = {"source": self.context.source, "source_key": key, "task": self.task}
-            if error:
-                row.update(status=STATUS_FAILED, reason=error[0], detail=error[1])
-            else:
-                row["text"] = text
-            rows.append(row)
-            if len(rows) >= self.config.rows_per_table:
-                yield make_rows(rows)
-                rows = []
-        if rows:
-            yield make_rows(rows)
+        yield from row_tables((self._row(key, text, error) for key, text, error in records), self.config.rows_per_table)
+
+    def _row(self, key: str, text: str | None, error: tuple[str, str] | None) -> dict:
+        row = {"source": self.context.source, "source_key": key, "task": self.task}
+        if error:
+            row.update(status=STATUS_FAILED, reason=error[0], detail=error[1])
+        else:
+            row["text"] = text
+        return row
 
 
 def _jsonl_records(path: Path, cfg: TextSourceConfig) -> Iterator[tuple[str, str | None, tuple | None]]:

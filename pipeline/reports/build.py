@@ -41,18 +41,17 @@ def _funnel_plot(runs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r[0]}\n{r[1]}. {r[2]}" for r in runs]
-    kept = [r[5] for r in runs]
-    filtered = [r[6] for r in runs]
-    failed = [r[7] for r in runs]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(runs)), 3.6))
-    x = range(len(runs))
-    ax.bar(x, kept, label="kept", color="#4c9a5f")
-    ax.bar(x, filtered, bottom=kept, label="filtered", color="#e0a030")
-    ax.bar(x, failed, bottom=[k + f for k, f in zip(kept, filtered)], label="failed", color="#c0392b")
-    ax.set_xticks(list(x), labels, fontsize=7)
-    ax.set_ylabel("rows")
-    ax.legend()
+    labels = [f"{r[0]} · {r[1]}. {r[2]}" for r in runs][::-1]
+    kept, filtered, failed = ([r[i] for r in runs][::-1] for i in (5, 6, 7))
+    fig, ax = plt.subplots(figsize=(8, 0.26 * len(runs) + 1))
+    y = range(len(runs))
+    ax.barh(y, kept, label="kept", color="#4c9a5f")
+    ax.barh(y, filtered, left=kept, label="filtered", color="#e0a030")
+    ax.barh(y, failed, left=[k + f for k, f in zip(kept, filtered)], label="failed", color="#c0392b")
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.set_xscale("symlog", linthresh=10)  # sources differ by orders of magnitude
+    ax.set_xlabel("rows in (symlog scale)")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_title("rows in per stage, by verdict")
     return fig
 
@@ -65,18 +64,30 @@ def shard_mix(ctx: ReportContext) -> str | None:
     if not rows:
         return None
     html = ctx.table(["training stage", "task", "source", "rows", "shards"], [list(r) for r in rows])
-    events = ctx.con.execute("SELECT training_stage, source, event, position, detail FROM mix_events ORDER BY ALL").fetchall()
+    events = ctx.con.execute(
+        "SELECT training_stage, source, any_value(event), count(*), min(position) FROM mix_events "
+        "GROUP BY ALL ORDER BY ALL").fetchall()
     if events:
-        html += "<h3>Sources that ran out</h3>" + ctx.table(["training stage", "source", "policy", "at row", "detail"], [list(e) for e in events])
-    stages = sorted({r[0] for r in rows})
+        html += "<h3>Sources that ran out</h3>" + ctx.table(
+            ["training stage", "source", "policy", "times run out", "first at row"], [list(e) for e in events])
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 3), squeeze=False)
-    for ax, stage in zip(axes[0], stages):
-        mine = [r for r in rows if r[0] == stage]
-        ax.pie([r[3] for r in mine], labels=[f"{r[1]}\n{r[2]}" for r in mine], autopct="%1.0f%%", textprops={"fontsize": 7})
-        ax.set_title(stage)
+    stages = sorted({r[0] for r in rows})
+    keys = sorted({(r[1], r[2]) for r in rows})
+    colours = {"understanding": plt.cm.Blues, "text": plt.cm.Greens, "generation": plt.cm.Oranges}
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(stages) + 1.6))
+    left = [0.0] * len(stages)
+    for n, (task, source) in enumerate(keys):
+        total = {st: sum(r[3] for r in rows if r[0] == st) for st in stages}
+        share = [next((r[3] for r in rows if r[0] == st and (r[1], r[2]) == (task, source)), 0) / total[st] for st in stages]
+        shade = colours[task](0.35 + 0.5 * (n % 4) / 3)
+        ax.barh(stages, share, left=left, color=shade, edgecolor="white", label=f"{task}: {source}")
+        left = [a + b for a, b in zip(left, share)]
+    ax.invert_yaxis()
+    ax.set_xlabel("share of rows")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    ax.set_title("what each training stage is made of")
     return html + ctx.figure(fig)
