@@ -153,18 +153,25 @@ def test_ray_job_submit_against_a_real_head(tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # Ray's socket paths must stay < 108 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_TMPDIR": str(ray_tmp)}
-    port, dash = _free_port(), _free_port()
+    port, dash, agent, client = (_free_port() for _ in range(4))
     # --block keeps the head in this process group, so stopping it touches no other Ray here
     head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2",
+                             # fixed defaults (52365, 10001) would collide with another Ray on this machine
+                             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
                              "--include-dashboard=true", f"--temp-dir={ray_tmp}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait_for_port(dash, head, timeout=120)
         recipe, out = _recipe(tmp_path), tmp_path / "job-build"
-        job = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO),
-                              "--", "python", "-m", "pipeline", "build", str(recipe), "--out", str(out)],
-                             env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        submit = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO),
+                  "--", "python", "-m", "pipeline", "build", str(recipe), "--out", str(out)]
+        deadline = time.time() + 60  # the dashboard port opens before the head's job agent is ready
+        while True:
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+            if "No available agent to submit job" not in job.stdout + job.stderr or time.time() > deadline:
+                break
+            time.sleep(2)
         assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
         con = duckdb.connect(str(out / "catalog.duckdb"), read_only=True)
         assert con.execute("SELECT status FROM builds").fetchone() == ("succeeded",)

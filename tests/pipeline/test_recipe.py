@@ -17,6 +17,7 @@ TINY = REPO / "recipes" / "data" / "tiny.yaml"
 def _write(tmp_path: Path, mutate) -> Path:
     raw = yaml.safe_load(TINY.read_text())
     raw["sources"] = {"mj_prompts": raw["sources"]["mj_prompts"]}
+    raw["sources"]["mj_prompts"]["steps"] = raw["sources"]["mj_prompts"]["steps"][:2]  # clean, dedup
     raw["sources"]["mj_prompts"]["paths"] = [str(TINY.parent / "tiny" / "midjourney_prompts.jsonl")]
     raw["mix"]["stages"] = {"stage1": {"ratio": {"generation": 1}, "sources": {"mj_prompts": 1}, "batches": 8}}
     mutate(raw)
