@@ -7,12 +7,20 @@ import logging
 import sys
 from pathlib import Path
 
-from model.config import TrainRecipeError, load_train_recipe
-from model.shards import DataError
-from model.tiny import ModelDirError
 
-# What a user can fix (bad recipe, data, init, a NaN): one clear line, no traceback.
-USER_ERRORS = (TrainRecipeError, DataError, ModelDirError)
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """What a user can fix (bad recipe, data, init, a NaN): one clear line, no traceback.
+
+    Imported on demand: these modules pull in torch and transformers, which every other
+    `janus-forge` command would otherwise pay for at start-up.
+    """
+    from model.config import TrainRecipeError
+    from model.shards import DataError
+    from model.tiny import ModelDirError
+    from model.train import TrainingError
+
+    return (TrainRecipeError, DataError, ModelDirError, TrainingError)
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,7 +36,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from model.train import Trainer, TrainingError
+    from model.config import load_train_recipe
+    from model.train import Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -40,7 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
             final = run_distributed(recipe, args.out, args.resume, workers)
         else:
             final = Trainer(recipe, args.out, resume=args.resume).train()
-    except (*USER_ERRORS, TrainingError) as err:
+    except user_errors() as err:
         print(f"janus-forge train: error: {err}", file=sys.stderr)
         return 2
     print(f"janus-forge train: {recipe.name} done; model at {final}")

@@ -96,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from pipeline.errors import USER_ERRORS
-
     try:
         return args.func(args)
-    except USER_ERRORS as err:
+    except Exception as err:
+        from pipeline.errors import USER_ERRORS  # imported here: it pulls in torch via the trainer
+
+        if not isinstance(err, USER_ERRORS):
+            raise
         print(f"janus-forge {args.command}: error: {err}", file=sys.stderr)
         return 2
