@@ -184,9 +184,12 @@ def mix_stage(name: str, spec: TrainingStageMix, cfg: MixConfig, sources: dict[s
         part = plan[start:start + shard_rows]
         table = _assemble(part, streams, start)
         path = tmp / f"shard-{k:05d}.parquet"
+        buf = pa.BufferOutputStream()
         # dictionary-encode only the low-cardinality columns: ids, text and images are unique
-        pq.write_table(table, path, use_dictionary=["task", "source"])
-        _describe_shard(result, out_dir / path.name, path, table, names, part)
+        pq.write_table(table, buf, use_dictionary=["task", "source"])
+        data = buf.getvalue()
+        path.write_bytes(data)  # the whole directory is renamed into place below
+        _describe_shard(result, out_dir / path.name, data, table, names, part)
     manifest = {"training_stage": name, "build_id": build_id, "global_batch": B, "ratio": spec.ratio,
                 "sources": spec.sources, "rows": result.rows, "batches": result.batches,
                 "shards": sorted({s["path"].rsplit("/", 1)[-1] for s in result.shards}),
@@ -236,9 +239,8 @@ def _assemble(part: np.ndarray, streams: list[SourceStream], start: int) -> pa.T
     return pa.concat_tables(windows).take(pa.array(index))
 
 
-def _describe_shard(result: MixResult, final_path: Path, written: Path, table: pa.Table, names: list[str], part: np.ndarray) -> None:
-    data = written.read_bytes()
-    digest, size = hashlib.sha256(data).hexdigest(), len(data)
+def _describe_shard(result: MixResult, final_path: Path, data: pa.Buffer, table: pa.Table, names: list[str], part: np.ndarray) -> None:
+    digest, size = hashlib.sha256(data).hexdigest(), data.size
     task_col = table.column("task")
     for i, s in enumerate(names):
         n = int((part == i).sum())
