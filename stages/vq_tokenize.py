@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+from pydantic import NonNegativeInt
 
 from pipeline.schema import STATUS_FAILED, STATUS_KEPT, conform
 from stages.base import Resources, Stage, StageConfig, StageError, register, with_verdicts
@@ -15,6 +16,9 @@ class VQTokenizeConfig(StageConfig):
     # It must be the checkpoint training starts from: ids are indices into its VQ codebook.
     model_dir: str
     gpus: float = 0.0
+    # 0 runs as plain Ray tasks (one model load per partition, no actor process): cheaper for
+    # small builds with a partition or two per source; > 0 keeps the model loaded in an actor pool
+    actors: NonNegativeInt = 1
 
 
 @register
@@ -26,7 +30,7 @@ class VQTokenize(Stage):
     batch_size = 32
 
     def resources(self) -> Resources:
-        return Resources(cpus=1.0, gpus=self.config.gpus, actors=1)
+        return Resources(cpus=1.0, gpus=self.config.gpus, actors=self.config.actors)
 
     def _model_dir(self) -> Path:
         from model.tiny import PRESETS, resolve_model_dir
