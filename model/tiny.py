@@ -202,6 +202,15 @@ def resolve_model_dir(name_or_dir: str | Path, models_root: str | Path) -> Path:
     return check_model_dir(name)
 
 
+def resolve_recipe_model(value: str, recipe_dir: Path, models_root: Path) -> Path:
+    """A model a recipe names: a preset or real-checkpoint name (under models_root), else a path
+    relative to the recipe. Checked like any checkpoint dir; tiny presets are built on first use."""
+    if value in PRESETS or value in REAL_CHECKPOINTS:
+        return resolve_model_dir(value, models_root)
+    path = Path(value).expanduser()
+    return resolve_model_dir(path if path.is_absolute() else Path(recipe_dir) / path, models_root)
+
+
 def load_janus(local_dir: str | Path, dtype: torch.dtype | None = None):
     """Load (model, processor) from a local dir: the one path for tiny and real checkpoints."""
     path = check_model_dir(local_dir)

@@ -18,11 +18,10 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.recipe import MixConfig, TrainingStageMix
-from pipeline.schema import STATUS_KEPT, TASKS, shard_schema, to_shard
+from pipeline.schema import STATUS_KEPT, TASKS, to_shard
 
 
 class MixError(ValueError):
@@ -250,8 +249,3 @@ def _describe_shard(result: MixResult, final_path: Path, data: pa.Buffer, table:
         first = int(np.argmax(part == i))
         result.shards.append({"task": task_col[first].as_py(), "source": s, "path": str(final_path),
                               "rows": n, "bytes": size, "sha256": digest})
-
-
-def count_tasks(table: pa.Table) -> dict[str, int]:
-    counts = pc.value_counts(table.column("task")).to_pylist()
-    return {c["values"]: c["counts"] for c in counts}

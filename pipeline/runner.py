@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from catalog.db import CATALOG_FILE, Catalog
 from pipeline import workdir
@@ -238,12 +236,3 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def read_manifest(build_dir: Path, training_stage: str) -> dict:
-    return json.loads((build_dir / "shards" / training_stage / "_manifest.json").read_text())
-
-
-def shard_table(build_dir: Path, training_stage: str) -> pa.Table:
-    files = sorted((build_dir / "shards" / training_stage).glob("shard-*.parquet"))
-    return pa.concat_tables([pq.read_table(f) for f in files])

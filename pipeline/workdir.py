@@ -16,7 +16,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import STATUS_KEPT, conform, stamp_build
+from pipeline.schema import STATUS_KEPT, conform, empty_table, stamp_build
 
 SECONDS_KEY = b"janus_forge.seconds"
 
@@ -50,7 +50,7 @@ def read_kept(directory: Path, parts: Sequence[str], columns: Sequence[str] | No
         t = pq.read_table(directory / p, filters=[("status", "=", STATUS_KEPT)], columns=list(columns) if columns else None)
         tables.append(t if columns else conform(t))
     if not tables:
-        return conform(pa.table({"sample_id": pa.array([], pa.string())}))
+        return empty_table()
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -91,7 +91,7 @@ def read_file_into_parts(source, path: Path, index: int, out_dir: Path, rows_per
             rest = merged.slice(rows_per_part)
             pending, pending_rows = [rest], rest.num_rows
     if pending_rows or not parts:
-        flush(pa.concat_tables(pending, promote_options="permissive") if pending else conform(pa.table({"sample_id": pa.array([], pa.string())})))
+        flush(pa.concat_tables(pending, promote_options="permissive") if pending else empty_table())
     write_atomic(_marker(out_dir, index), json.dumps({"file": str(path), "parts": parts}).encode())
     return parts
 

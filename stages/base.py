@@ -205,10 +205,6 @@ def kept(table: pa.Table) -> pa.Table:
     return table.filter(pc.equal(table.column("status"), STATUS_KEPT))
 
 
-def config_dict(config: BaseModel) -> dict[str, Any]:
-    return config.model_dump(mode="json")
-
-
 class FileSourceConfig(SourceConfig):
     """A source read from files named in the recipe (globs allowed, relative to the recipe)."""
 

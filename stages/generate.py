@@ -15,7 +15,6 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from pipeline.schema import IMAGE_TYPE, LINEAGE_TYPE, STATUS_FILTERED, STATUS_KEPT, conform, sample_id
 from stages.base import Resources, Stage, StageConfig, StageError, models_root, register, with_verdicts
-from stages.clip_models import resolve_file
 from stages.generate_backends import BACKENDS, dir_revision
 
 FORMATS = {"webp": "WEBP", "jpeg": "JPEG", "png": "PNG"}

@@ -92,12 +92,10 @@ class JanusBackend(Backend):
     @classmethod
     def resolve(cls, model_path: str, recipe_dir: Path, models_root: Path) -> Path:
         """Also a model name: a tiny preset (built on first use) or a real one under models_root."""
-        from model.tiny import PRESETS, REAL_CHECKPOINTS, ModelDirError, resolve_model_dir
+        from model.tiny import ModelDirError, resolve_recipe_model
 
-        if model_path not in PRESETS and model_path not in REAL_CHECKPOINTS:
-            return super().resolve(model_path, recipe_dir, models_root)
         try:
-            return resolve_model_dir(model_path, models_root)
+            return resolve_recipe_model(model_path, recipe_dir, models_root)
         except ModelDirError as err:
             raise StageError(str(err)) from None
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 from pydantic import NonNegativeInt
 
 from pipeline.schema import STATUS_FAILED, STATUS_KEPT, conform
-from stages.base import Resources, Stage, StageConfig, StageError, register, with_verdicts
+from stages.base import Resources, Stage, StageConfig, StageError, models_root, register, with_verdicts
 
 
 class VQTokenizeConfig(StageConfig):
@@ -33,14 +33,9 @@ class VQTokenize(Stage):
         return Resources(cpus=1.0, gpus=self.config.gpus, actors=self.config.actors)
 
     def _model_dir(self) -> Path:
-        from model.tiny import PRESETS, resolve_model_dir
+        from model.tiny import resolve_recipe_model
 
-        name = self.config.model_dir
-        if name in PRESETS:
-            root = (self.context.build_dir or self.context.recipe_dir) / "models"
-            return resolve_model_dir(name, root)
-        path = Path(name).expanduser()
-        return resolve_model_dir(path if path.is_absolute() else self.context.recipe_dir / path, self.context.recipe_dir)
+        return resolve_recipe_model(self.config.model_dir, self.context.recipe_dir, models_root(self.context, None))
 
     def preflight(self) -> None:
         from model.tiny import ModelDirError

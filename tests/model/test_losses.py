@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from model.data import IGNORE, Encoder, collate
 from model.generate import encode_image_tokens

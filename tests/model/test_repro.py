@@ -8,7 +8,6 @@ import json
 import sys
 import types
 
-import numpy as np
 import pytest
 
 from model.repro import train_tiny_stages

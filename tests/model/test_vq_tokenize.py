@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from model.data import Encoder, decode_image, fill_image_ids
+from model.data import Encoder, fill_image_ids
 from model.generate import encode_image_tokens
 from model.tiny import load_janus
 from pipeline.schema import make_rows

@@ -65,7 +65,7 @@ def test_mix_writes_ratio_exact_shards_deterministically(tmp_path):
     files_a = sorted((tmp_path / "a" / "stage2").glob("shard-*.parquet"))
     files_b = sorted((tmp_path / "b" / "stage2").glob("shard-*.parquet"))
     assert [f.read_bytes() for f in files_a] == [f.read_bytes() for f in files_b]
-    assert a.rows == 160 and len(files_a) == 5
+    assert a.rows == b.rows == 160 and len(files_a) == 5 and a.counts == b.counts
     rows = [r for f in files_a for r in pq.read_table(f).to_pylist()]
     assert all(r["source_key"][:3] != "bad" for r in rows)  # filtered rows never reach shards
     for b_ in range(20):

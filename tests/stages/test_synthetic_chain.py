@@ -17,7 +17,7 @@ from stages.score import ScoreConfig, ScoreImages
 
 
 def test_chain(tmp_path):
-    janus = build_tiny_janus(tmp_path / "janus", "tiny", seed=0)
+    build_tiny_janus(tmp_path / "janus", "tiny", seed=0)  # the stage loads it as model_path "janus"
     config_dir, weights = build_tiny_clip(tmp_path / "clip")
     ctx = StageContext(build_id="b1", seed=3, recipe_dir=tmp_path, source="mj", task="generation")
     prompts = make_rows([{"task": "generation", "source": "mj", "source_key": str(i), "prompt": p}
