@@ -6,11 +6,12 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.schema import STATUS_FAILED, make_rows
@@ -62,6 +63,11 @@ class ChartTablesConfig(SourceConfig):
     synthetic: int = Field(0, ge=0, description="tables to generate from the recipe seed")
     max_rows: int = Field(12, ge=1, description="longer tables are rejected: a chart shows at most this many labels")
     unit: str = ""
+    # held-out tables for the evaluator: generated tables split by the hash of their key
+    # (stages/shapes.py's rule), so a `split: heldout` source with the same `synthetic` count and
+    # seed holds exactly the generated tables `train` lacks. Table files always go to train.
+    split: Literal["all", "train", "heldout"] = "all"
+    heldout_share: float = Field(0.2, gt=0.0, lt=1.0)
 
     @field_validator("paths")
     @classmethod
@@ -94,7 +100,7 @@ class ChartTables(Source):
     def files(self) -> list[Path]:
         # The generator reads no file: the recipe directory stands in as its one input so the
         # runner's per-file loop runs once (see report: a contract hook would be cleaner).
-        files = resolve_paths(self.context.recipe_dir, self.config.paths)
+        files = resolve_paths(self.context.recipe_dir, self.config.paths) if self.config.split != "heldout" else []
         return files + ([self.context.recipe_dir] if self.config.synthetic else [])
 
     def read(self, path: Path) -> Iterator[pa.Table]:
@@ -102,8 +108,11 @@ class ChartTables(Source):
         if path.is_dir():
             rng = random.Random(self.context.seed)
             rows = [self._row(f"synthetic-{i:06d}", synthetic_table(rng)) for i in range(self.config.synthetic)]
+            rows = [r for r in rows if self._in_split(r["source_key"])]
             for i in range(0, len(rows), 1024):
                 yield make_rows(rows[i : i + 1024])
+            return
+        if self.config.split == "heldout":
             return
         try:
             table = load_table(path, self.config.max_rows)
@@ -114,7 +123,14 @@ class ChartTables(Source):
                    "reason": err.args[0], "detail": err.args[1]}
         yield make_rows([row])
 
+    def _in_split(self, key: str) -> bool:
+        from stages.shapes import heldout
+
+        return self.config.split == "all" or heldout(key, self.config.heldout_share) == (self.config.split == "heldout")
+
     def _row(self, key: str, table: dict) -> dict:
+        if self.config.split == "heldout":
+            table = {**table, "split": "heldout"}  # what the evaluator looks for (model/eval_sets.py)
         return {"source": self.context.source, "source_key": key, "task": self.task, "meta": json.dumps(table, ensure_ascii=False)}
 
 
