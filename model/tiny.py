@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -26,7 +28,7 @@ class TinySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image_size: int = 32
-    patch_size: int = 8  # ViT patch == VQ downsampling, so both see the same grid
+    patch_size: int = 4  # ViT patch == VQ downsampling, so both see the same grid (8 x 8 = 64 ids)
     vocab_size: int = 512  # BPE target; the tokenizer's real length is used for the config
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -36,11 +38,15 @@ class TinySpec(BaseModel):
     vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 4
-    vq_codebook: int = 128
+    vq_codebook: int = 256
     vq_embed_dim: int = 8
     vq_base_channels: int = 32  # GroupNorm(32) inside the VQ needs multiples of 32
     vq_latent_channels: int = 32
     vq_res_blocks: int = 1
+    # Fit the VQ on the shapes world when the preset is built (model/tiny_vq.py): 0 keeps it random.
+    vq_fit_steps: int = 0
+    # Pre-train the vision tower on the shapes world's captions, SigLIP's role (model/tiny_vision.py).
+    vision_fit_steps: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> TinySpec:
@@ -60,7 +66,9 @@ class TinySpec(BaseModel):
 
 
 # Named tiny presets; real checkpoints are never built, only loaded (see REAL_CHECKPOINTS).
-PRESETS: dict[str, TinySpec] = {"tiny": TinySpec()}
+# "tiny" is what the repro trains: its VQ is fitted on the shapes world, so generations decode
+# to recognisable images. "tiny-random" keeps every weight random (fast to build: unit tests).
+PRESETS: dict[str, TinySpec] = {"tiny": TinySpec(vq_fit_steps=600, vision_fit_steps=1200), "tiny-random": TinySpec()}
 # Names the trainer/recipes may use for real weights: the HF repo they come from, which must
 # already be converted and sitting in a local dir (nothing is downloaded at run time).
 REAL_CHECKPOINTS: dict[str, str] = {
@@ -86,6 +94,7 @@ def janus_config(spec: TinySpec, tokenizer) -> JanusConfig:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,  # real Janus-Pro has its own lm_head
     )
     vision = JanusVisionConfig(
         hidden_size=spec.vision_hidden,
@@ -113,6 +122,7 @@ def janus_config(spec: TinySpec, tokenizer) -> JanusConfig:
         vision_config=vision,
         vq_config=vq,
         image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
+        tie_word_embeddings=False,
     )
 
 
@@ -157,9 +167,47 @@ def build_tiny_janus(out_dir: str | Path, preset: str | TinySpec = "tiny", seed:
         torch.manual_seed(seed)
         model = JanusForConditionalGeneration(config)
     set_generation_defaults(model, tokenizer)
+    fits = {}
+    if spec.vq_fit_steps:
+        from model.tiny_vq import fit_vq
+
+        fits["vq"] = _cached_fit("vq", model.model.vqmodel, spec, seed,
+                                 lambda vq: fit_vq(vq, spec.image_size, steps=spec.vq_fit_steps, seed=seed))
+    if spec.vision_fit_steps:
+        from model.tiny_vision import fit_vision
+
+        fits["vision"] = _cached_fit("vision", model.model.vision_model, spec, seed,
+                                     lambda tower: fit_vision(tower, spec.image_size, steps=spec.vision_fit_steps, seed=seed))
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    for name, stats in fits.items():
+        (out / f"{name}_fit.json").write_text(json.dumps(stats, indent=2))
     return out
+
+
+def _cached_fit(name: str, module: torch.nn.Module, spec: TinySpec, seed: int, fit) -> dict:
+    """Run `fit(module)` (in place, returns stats); cached by spec, seed and the fitting code in
+    $JANUS_FORGE_VQ_CACHE when set (tests build many presets; fits are deterministic, so the cache
+    changes no result)."""
+    from safetensors.torch import load_file, save_file
+
+    import model.tiny_vision
+    import model.tiny_vq
+    import stages.shapes_world
+
+    cache = os.environ.get("JANUS_FORGE_VQ_CACHE")
+    code = b"".join(Path(m.__file__).read_bytes() for m in (model.tiny_vq, model.tiny_vision, stages.shapes_world))
+    key = hashlib.sha256(f"{name}:{spec.model_dump_json()}:{seed}:".encode() + code).hexdigest()[:16]
+    weights, stats_file = Path(cache or ".") / f"{name}-{key}.safetensors", Path(cache or ".") / f"{name}-{key}.json"
+    if cache and weights.is_file():
+        module.load_state_dict(load_file(weights))
+        return json.loads(stats_file.read_text())
+    stats = fit(module)
+    if cache:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, weights)
+        stats_file.write_text(json.dumps(stats))
+    return stats
 
 
 def check_model_dir(local_dir: str | Path) -> Path:
@@ -203,11 +251,19 @@ def resolve_model_dir(name_or_dir: str | Path, models_root: str | Path) -> Path:
 
 
 def resolve_recipe_model(value: str, recipe_dir: Path, models_root: Path) -> Path:
-    """A model a recipe names: a preset or real-checkpoint name (under models_root), else a path
-    relative to the recipe. Checked like any checkpoint dir; tiny presets are built on first use."""
+    """A model a recipe names: a preset or real-checkpoint name (under models_root), a model placed
+    under models_root by name (e.g. `teacher`, the stage-I checkpoint janus-forge repro puts
+    there), else a path relative to the recipe. Checked like any checkpoint dir; tiny presets are
+    built on first use."""
     if value in PRESETS or value in REAL_CHECKPOINTS:
         return resolve_model_dir(value, models_root)
     path = Path(value).expanduser()
+    if not path.is_absolute() and len(path.parts) == 1 and (Path(models_root) / value / "config.json").is_file():
+        return check_model_dir(Path(models_root) / value)
+    if not path.is_absolute() and len(path.parts) == 1 and not (Path(recipe_dir) / path).exists():
+        raise ModelDirError(f"no model named {value!r}: neither {Path(models_root) / value} nor {Path(recipe_dir) / path} "
+                            "exists (a teacher is placed under the build's models/ by `janus-forge repro` after stage I, "
+                            "or by hand: copy a checkpoint dir there)")
     return resolve_model_dir(path if path.is_absolute() else Path(recipe_dir) / path, models_root)
 
 

@@ -75,6 +75,11 @@ CORPUS = [
     "A small house in the forest, snow on the roof, smoke rising from the chimney.",
     "Portrait of a woman wearing a hat, soft light, shallow depth of field, 85mm.",
     "The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 10 100 2025",
+    # the shapes world (stages/shapes_world.py): its words get whole tokens
+    "a red circle, a yellow square, a green triangle, a cyan cross, a blue circle, a magenta square.",
+    "two red circles and three blue crosses on the left, on the right, at the top, at the bottom, in the center.",
+    "What colour is the shape? What color are the objects? Which shape is shown? Where is the object? "
+    "How many objects are there? Count the shapes. The picture shows one object on a white background.",
 ]
 
 

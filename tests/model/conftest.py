@@ -83,18 +83,22 @@ def write_shards(build_dir: Path, stage: str, rows: list[dict], global_batch: in
 def tiny_dir(tmp_path_factory) -> Path:
     from model.tiny import build_tiny_janus
 
-    return build_tiny_janus(tmp_path_factory.mktemp("tiny") / "base")
+    return build_tiny_janus(tmp_path_factory.mktemp("tiny") / "base", "tiny-random")
 
 
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory) -> Path:
     """A build dir with shards for stages 1-3 (ratios of Table 2), no pre-computed image ids."""
+    from model.tiny import PRESETS
+
+    spec = PRESETS["tiny-random"]
     build = tmp_path_factory.mktemp("build")
     rng = np.random.default_rng(0)
-    tokens = [rng.integers(0, 128, 16).astype(int).tolist() for _ in range(6)]
+    tokens = [rng.integers(0, spec.vq_codebook, spec.grid**2).astype(int).tolist() for _ in range(6)]
     for stage, ratio in {"stage1": {"understanding": 1, "text": 0, "generation": 3},
                          "stage2": {"understanding": 2, "text": 3, "generation": 5},
                          "stage3": {"understanding": 5, "text": 1, "generation": 4}}.items():
         n = 40
-        write_shards(build, stage, sample_rows(n, ratio, seed=int(stage[-1]), image_tokens=tokens), 8, ratio, rows_per_shard=16)
+        write_shards(build, stage, sample_rows(n, ratio, seed=int(stage[-1]), image_tokens=tokens, grid=spec.grid), 8, ratio,
+                     rows_per_shard=16)
     return build

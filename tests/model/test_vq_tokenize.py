@@ -28,7 +28,7 @@ def test_vq_stage_ids_match_on_the_fly_encoding(tiny_dir, tmp_path):
     assert out[1]["reason"] == "bad_image" and "corrupt image" in out[1]["detail"]
     assert out[2]["image_tokens"] is None  # understanding rows pass through untouched
     gen = [r for r in out if r["task"] == "generation" and r["status"] == "kept"]
-    assert all(len(r["image_tokens"]) == 16 and r["image_token_grid"] == [4, 4] for r in gen)
+    assert all(len(r["image_tokens"]) == 64 and r["image_token_grid"] == [8, 8] for r in gen)
     # the trainer's fallback (no image_tokens column value) encodes to the same ids
     model, processor = load_janus(tiny_dir)
     enc = Encoder(processor, 256, 0.0, 0, processor.num_image_tokens)

@@ -61,7 +61,7 @@ def test_fan_out_images_lineage_and_bad_prompts(janus_dir):
         assert lin["generator"].startswith(f"janus:{janus_dir}@sha256:")
         params = json.loads(lin["params"])
         assert params["image_index"] == i and params["guidance_scale"] == 5.0 and params["temperature"] == 1.0
-        assert params["image_tokens"] == 16 and params["seconds"] > 0 and params["backend"] == "janus"
+        assert params["image_tokens"] == 64 and params["seconds"] > 0 and params["backend"] == "janus"
         assert r["prompt"] == "a red fox in snow, watercolor" and json.loads(r["meta"]) == {"n": 0}
     imgs = [pixels(by_key[f"p0#img{i}"]) for i in range(3)]
     assert not np.array_equal(imgs[0], imgs[1])  # different seeds, different images
@@ -137,9 +137,11 @@ def test_diffusers_backend_from_a_local_pipeline(tmp_path):
     params = json.loads(out[0]["lineage"]["params"])
     assert params["backend"] == "diffusers" and params["steps"] == 2 and params["pipeline"] == "StableDiffusionPipeline"
     assert not np.array_equal(pixels(out[0]), pixels(out[1]))
-    # the same seed through the pipeline directly gives the same image
+    # the same seed through the pipeline directly gives the same image (a batch of one rounds a
+    # pixel level differently now and then, as batched float maths does: at most one level)
     [img] = stage.backend.generate(["a castle at dusk"], [out[1]["lineage"]["seed"]])
-    np.testing.assert_array_equal(pixels(out[1]), np.asarray(img))
+    diff = np.abs(pixels(out[1]).astype(int) - np.asarray(img).astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_model_path_may_name_the_tiny_preset(tmp_path):
