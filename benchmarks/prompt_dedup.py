@@ -67,7 +67,7 @@ def main() -> None:
     n = args.n or (10_000 if args.small else 100_000)
     with tempfile.TemporaryDirectory() as tmp:
         # read through the real source, so the benchmark sees exactly what a build would
-        (Path(tmp) / "p.jsonl").write_text("\n".join(load_generator().generate(n_base=n, seed=0)) + "\n", encoding="utf-8")
+        (Path(tmp) / "p.jsonl").write_text("\n".join(load_generator().generate(n_base=n, seed=0, world="scenes")) + "\n", encoding="utf-8")
         ctx = StageContext(build_id="bench", seed=0, recipe_dir=Path(tmp), source="bench", task="generation")
         config = MidjourneyPrompts.Config.model_validate({"kind": "midjourney_prompts", "paths": ["p.jsonl"]}, context={"recipe_dir": Path(tmp)})
         rows = pa.concat_tables(MidjourneyPrompts(config, ctx).read(Path(tmp) / "p.jsonl"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -16,11 +17,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     `janus-forge` command would otherwise pay for at start-up.
     """
     from model.config import TrainRecipeError
+    from model.eval_sets import EvalDataError
     from model.shards import DataError
     from model.tiny import ModelDirError
     from model.train import TrainingError
 
-    return (TrainRecipeError, DataError, ModelDirError, TrainingError)
+    return (TrainRecipeError, DataError, ModelDirError, TrainingError, EvalDataError)
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -56,9 +58,63 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="evaluate a Janus checkpoint on a build's held-out sets")
+    p.add_argument("model", type=Path, help="model dir (any Janus checkpoint), or a train run dir (its final/)")
+    p.add_argument("--data", type=Path, required=True, help="build dir holding the held-out sources")
+    p.add_argument("--out", type=Path, required=True, help="where eval.json and images/ go")
+    p.add_argument("--guidance", type=float, action="append", help="CFG scale; repeat for several (default: 5 and 1)")
+    p.add_argument("--per-category", type=int, default=40, help="held-out prompts per generation category (0: all)")
+    p.add_argument("--max-questions", type=int, default=200, help="questions per understanding set (0: all)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_eval_cli)
+    return p
+
+
+def run_eval_cli(args: argparse.Namespace) -> int:
+    from model.eval import EvalOptions, run_eval
+    from model.train import resolve_init
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    options = EvalOptions(guidance=tuple(args.guidance or (5.0, 1.0)), per_category=args.per_category,
+                          max_questions=args.max_questions, batch_size=args.batch_size, device=args.device or _default_device(),
+                          seed=args.seed)
+    try:
+        summary = run_eval(resolve_init(args.model), args.data, args.out, options)
+    except user_errors() as err:
+        print(f"janus-forge eval: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(headline(summary), indent=2))
+    print(f"janus-forge eval: records and images in {args.out}")
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def headline(summary: dict) -> dict:
+    """The few numbers a person reads first."""
+    out = {}
+    for scale, g in summary.get("generation", {}).items():
+        out[f"generation {scale}"] = {"overall": g["overall"], "chance": g["chance"],
+                                      **{a: v["accuracy"] for a, v in g["attributes"].items()}}
+    for name, u in summary.get("understanding", {}).items():
+        out[name] = {k: u[k] for k in ("accuracy", "majority", "chance")}
+    if "text" in summary:
+        out["text perplexity"] = summary["text"]["perplexity"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.cli")
-    add_train_parser(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_eval_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -83,6 +83,37 @@ class SamplesConfig(_Strict):
     max_new_tokens: PositiveInt = 32
 
 
+class EvalCheck(_Strict):
+    """A claim about an eval summary (model/eval.py): `metric` is a dotted path into it, e.g.
+    generation.cfg5.attributes.colour.accuracy; it must be >= min, <= max, > the metric named by
+    `above`, or <= the metric named by `at_most` plus `margin`. `required: false` records the
+    claim and its outcome without failing the run (a claim the recipe reports but cannot promise)."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    above: str | None = None
+    at_most: str | None = None
+    margin: float = 0.0
+    required: bool = True
+
+    @model_validator(mode="after")
+    def _one(self) -> EvalCheck:
+        if sum(v is not None for v in (self.min, self.max, self.above, self.at_most)) != 1:
+            raise ValueError("give exactly one of min, max, above, at_most")
+        return self
+
+
+class EvalConfig(_Strict):
+    """`janus-forge eval` after the stage (the tiny repro runs it), and what it must show."""
+
+    guidance: list[PositiveFloat] = [5.0, 1.0]
+    per_category: NonNegativeInt = 40
+    max_questions: NonNegativeInt = 200
+    checks: list[EvalCheck] = Field(default_factory=list)
+    init_checks: list[EvalCheck] = Field(default_factory=list, description="claims about the untrained init (stage 1 only)")
+
+
 class TrainRecipe(_Strict):
     name: str
     stage: Literal[1, 2, 3] = Field(description="paper stage: I adaptors, II unified pre-training, III SFT")
@@ -101,6 +132,7 @@ class TrainRecipe(_Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     fsdp: bool = False  # shard parameters (7B); DDP otherwise
     samples: SamplesConfig = SamplesConfig()
+    eval: EvalConfig = EvalConfig()
     path: Path | None = None  # the file it came from (set by the loader)
 
     @field_validator("ratio")

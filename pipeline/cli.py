@@ -21,7 +21,7 @@ def _build(args: argparse.Namespace) -> int:
     from pipeline.runner import BuildOptions, run_build
 
     recipe = load_recipe(args.recipe)  # validated before anything is written
-    run_build(recipe, BuildOptions(out=Path(args.out), address=args.address, restart=args.restart))
+    run_build(recipe, BuildOptions(out=Path(args.out), address=args.address, restart=args.restart, only=args.only))
     return 0
 
 
@@ -64,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="build directory (resumes if it holds this recipe's build)")
     b.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     b.add_argument("--restart", action="store_true", help="discard work of another recipe version in --out")
+    b.add_argument("--only", metavar="STAGE", help="build and mix only what training stage STAGE needs (plus held-out sources)")
     b.set_defaults(func=_build)
 
     r = sub.add_parser("repro", help="tiny end-to-end reproduction: build, train stages I-III, report")
@@ -84,11 +85,12 @@ def parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_report)
 
     try:
-        from model.cli import add_train_parser
+        from model.cli import add_eval_parser, add_train_parser
     except ImportError:
         pass
     else:
         add_train_parser(sub)
+        add_eval_parser(sub)
     return p
 
 

@@ -35,6 +35,21 @@ class BuildOptions:
     out: Path
     address: str | None = None
     restart: bool = False  # discard work done under another recipe hash
+    # Build only what one training stage mixes (plus the sources no stage mixes: held-out/eval
+    # sets) and mix only that stage. A later full build resumes it; the tiny repro builds stage1's
+    # data this way, trains stage I, and renders the synthetic share with that checkpoint.
+    only: str | None = None
+
+
+def selected_sources(recipe: Recipe, only: str | None) -> list[str]:
+    """The sources a build (or a build of one training stage) runs, in recipe order."""
+    if only is None:
+        return list(recipe.sources)
+    if only not in recipe.mix.stages:
+        raise BuildError(f"--only {only}: no such training stage in {recipe.path.name}; known: {sorted(recipe.mix.stages)}")
+    mixed = {s for spec in recipe.mix.stages.values() for s in spec.sources}
+    wanted = set(recipe.mix.stages[only].sources)
+    return [s for s in recipe.sources if s in wanted or s not in mixed]
 
 
 def build_id_for(recipe: Recipe) -> str:
@@ -45,9 +60,10 @@ def build_id_for(recipe: Recipe) -> str:
 def run_build(recipe: Recipe, options: BuildOptions) -> str:
     out = options.out.resolve()
     build_id = build_id_for(recipe)
+    names = selected_sources(recipe, options.only)
     _claim_dir(out, recipe, build_id, options.restart)
-    contexts = {name: StageContext(build_id, recipe.seed, recipe.dir, name, plan.task, out) for name, plan in recipe.sources.items()}
-    chains = {name: _instantiate(plan, contexts[name]) for name, plan in recipe.sources.items()}
+    contexts = {name: StageContext(build_id, recipe.seed, recipe.dir, name, recipe.sources[name].task, out) for name in names}
+    chains = {name: _instantiate(recipe.sources[name], contexts[name]) for name in names}
     for stages in chains.values():
         for stage in stages:
             stage.preflight()  # weights present, shapes fit: fail before any work
@@ -55,8 +71,10 @@ def run_build(recipe: Recipe, options: BuildOptions) -> str:
     catalog.start_build(build_id, recipe.name, recipe.path, recipe.path.read_text(), recipe.hash, _versions())
     try:
         _init_ray(options.address)
-        finals = {name: _run_source(recipe, plan, chains[name], contexts[name], out, catalog) for name, plan in recipe.sources.items()}
+        finals = {name: _run_source(recipe, recipe.sources[name], chains[name], contexts[name], out, catalog) for name in names}
         for stage_name, spec in recipe.mix.stages.items():
+            if options.only is not None and stage_name != options.only:
+                continue
             used = {s: finals[s] for s in spec.sources}
             log.info("mixing %s: %d batches of %d", stage_name, spec.batches, recipe.mix.global_batch)
             result = mix_stage(stage_name, spec, recipe.mix, used, out / "shards" / stage_name, build_id)

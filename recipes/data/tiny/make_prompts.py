@@ -4,7 +4,10 @@ Regenerate (the output is committed and must not change unless this file does):
     python recipes/data/tiny/make_prompts.py            # writes midjourney_prompts.jsonl here
     python recipes/data/tiny/make_prompts.py --n 100000 --out /tmp/p.jsonl   # bigger, for benchmarks
 
-The file mixes what real Discord prompts contain: parameters (--ar, --v, --no ...), leading
+The subjects are captions of the shapes world (stages/shapes_world.py), so the tiny build's
+synthetic images can be rendered by a teacher that knows that world (the stage-I checkpoint) and
+checked against their prompts; `--world scenes` gives the older free-form subjects. The file
+mixes what real Discord prompts contain: parameters (--ar, --v, --no ...), leading
 image URLs, "/imagine prompt:", "::" weights, exact copies, small-edit near-copies, prompts
 too short to use, two blocklisted terms ("nsfw", "gore"), one over-long prompt and two
 unreadable lines (bad JSON, a number as prompt), so every verdict of the prompt stages shows up.
@@ -15,7 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo, for stages.shapes_world
+from stages.shapes_world import caption, sample_scene  # noqa: E402
 
 SUBJECTS = [
     "a lone astronaut standing on a red desert planet", "an old fisherman mending nets by the harbor",
@@ -68,9 +75,13 @@ SHORT = ["cat", "a dog", "sunset", "blue sky --v 5", "robot --ar 1:1", "hello th
 EMPTY_AFTER_CLEANING = ["--ar 16:9 --v 5.2", "https://s.mj.run/abcdef", "   "]
 
 
-def base_prompt(rng: random.Random) -> str:
+def subject(rng: random.Random, world: str) -> str:
+    return caption(sample_scene(rng)) if world == "shapes" else rng.choice(SUBJECTS)
+
+
+def base_prompt(rng: random.Random, world: str = "shapes") -> str:
     details = rng.sample(DETAILS, 2)
-    return ", ".join([rng.choice(SUBJECTS), rng.choice(STYLES), rng.choice(LIGHTING), rng.choice(CAMERA), *details])
+    return ", ".join([subject(rng, world), rng.choice(STYLES), rng.choice(LIGHTING), rng.choice(CAMERA), *details])
 
 
 def parameters(rng: random.Random) -> str:
@@ -116,12 +127,12 @@ def near_copy(prompt: str, rng: random.Random) -> str:
     return prompt.rsplit(" ", 1)[0] + " " + rng.choice(["details", "shading", "glow", "palette"])
 
 
-def generate(n_base: int = 500, seed: int = 0) -> list[str]:
+def generate(n_base: int = 400, seed: int = 0, world: str = "shapes") -> list[str]:
     """JSONL lines: n_base unique prompts plus ~16% copies, near-copies and bad rows."""
     rng = random.Random(seed)
     unique: dict[str, None] = {}
     while len(unique) < n_base:
-        unique[base_prompt(rng)] = None
+        unique[base_prompt(rng, world)] = None
     bases = list(unique)
     prompts = [decorate(p, rng) for p in bases]
     n_extra = max(1, n_base // 12)
@@ -145,11 +156,12 @@ def generate(n_base: int = 500, seed: int = 0) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=500, help="unique base prompts")
+    parser.add_argument("--n", type=int, default=400, help="unique base prompts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--world", choices=["shapes", "scenes"], default="shapes", help="what the prompts describe")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("midjourney_prompts.jsonl"))
     args = parser.parse_args()
-    lines = generate(args.n, args.seed)
+    lines = generate(args.n, args.seed, args.world)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {len(lines)} lines to {args.out}")
 
