@@ -1,0 +1,254 @@
+"""`janus-forge assemble` and `convert-deepseek` on tiny stand-ins built offline in each source format.
+
+The stand-ins have the real parts' layouts at toy sizes: a LlamaForCausalLM dir with a tokenizer
+that, like DeepSeek-LLM's, has no Janus tokens and no pad token; a SiglipVisionModel dir; a VQ in
+LlamaGen's key layout (a `{"model": state_dict}` .pt, as LlamaGen publishes it) and as a
+JanusVQVAE dir; and a checkpoint in the original deepseek-ai/Janus layout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    JanusVQVAE,
+    JanusVQVAEConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from model.assemble import AssembleError, assemble, llamagen_to_janus_vq
+from model.tiny import load_janus
+from model.tokenizer import BOS, CORPUS, EOS
+
+IMAGE_SIZE, PATCH = 32, 4  # grid 8 x 8 for both towers: the VQ downsamples by 4 too
+VQ_MULT = [1, 1, 2]  # a channel change between levels, so LlamaGen's nin_shortcut convs are exercised
+
+
+def _llm_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE with only BOS/EOS, like DeepSeek-LLM's before Janus adds its tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[BOS, EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS)
+
+
+def make_llm(path: Path, seed: int = 1) -> Path:
+    tokenizer = _llm_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256, rms_norm_eps=1e-6,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_siglip(path: Path, seed: int = 2) -> Path:
+    config = SiglipVisionConfig(hidden_size=48, intermediate_size=100, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=IMAGE_SIZE, patch_size=PATCH)
+    torch.manual_seed(seed)
+    SiglipVisionModel(config).save_pretrained(path)
+    return path
+
+
+def make_janus_vq(seed: int = 3) -> JanusVQVAE:
+    config = JanusVQVAEConfig(embed_dim=8, num_embeddings=64, base_channels=32, latent_channels=32,
+                              channel_multiplier=VQ_MULT, num_res_blocks=1, num_patches=IMAGE_SIZE // PATCH)
+    torch.manual_seed(seed)
+    vq = JanusVQVAE(config).eval()
+    with torch.no_grad():  # LlamaGen's stored codebook is not unit-norm; make sure ours is not either
+        vq.quantize.embedding.weight.mul_(3.0)
+    return vq
+
+
+# The inverse of model.assemble's LlamaGen renames, written out by hand so the test does not
+# check the mapping against itself.
+def janus_vq_to_llamagen(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        key = re.sub(r"^encoder\.down\.(\d+)\.block\.", r"encoder.conv_blocks.\1.res.", key)
+        key = re.sub(r"^encoder\.down\.(\d+)\.", r"encoder.conv_blocks.\1.", key)
+        key = re.sub(r"^decoder\.up\.(\d+)\.block\.", r"decoder.conv_blocks.\1.res.", key)
+        key = re.sub(r"^decoder\.up\.(\d+)\.", r"decoder.conv_blocks.\1.", key)
+        key = key.replace("mid.block_1.", "mid.0.").replace("mid.attn_1.", "mid.1.").replace("mid.block_2.", "mid.2.")
+        out[key] = value.clone()
+    out["quantize.codebook_used"] = torch.zeros(state["quantize.embedding.weight"].shape[0])  # LlamaGen keeps one
+    return out
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("assemble_parts")
+    vq = make_janus_vq()
+    vq.save_pretrained(root / "vq_janus")
+    llamagen = root / "vq_llamagen.pt"
+    torch.save({"model": janus_vq_to_llamagen(vq.state_dict()), "steps": 0}, llamagen)
+    return {"llm": make_llm(root / "llm"), "siglip": make_siglip(root / "siglip"), "vq_pt": llamagen,
+            "vq_dir": root / "vq_janus"}
+
+
+@pytest.fixture(scope="module")
+def assembled(parts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("assembled") / "base"
+    assemble(parts["llm"], parts["siglip"], parts["vq_pt"], out, dtype="float32", seed=7)
+    return out
+
+
+def test_assemble_copies_pretrained_weights(parts, assembled):
+    model, processor = load_janus(assembled)
+    llm = LlamaForCausalLM.from_pretrained(parts["llm"])
+    siglip = SiglipVisionModel.from_pretrained(parts["siglip"]).eval()
+    n = llm.config.vocab_size
+    sd = model.state_dict()
+    for key, value in llm.state_dict().items():
+        target = "lm_head.weight" if key == "lm_head.weight" else "model.language_model." + key[len("model."):]
+        if key in ("model.embed_tokens.weight", "lm_head.weight"):
+            torch.testing.assert_close(sd[target][:n], value, rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(sd[target], value, rtol=0, atol=0)
+    # The tower computes what SigLIP computed (features, not just tensors).
+    pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        ours = model.model.vision_model(pixels).last_hidden_state
+        theirs = siglip(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    # VQ: every tensor but the codebook is copied; the codebook is the L2-normalised source, and
+    # encode picks the ids LlamaGen's l2-norm quantiser picks (largest cosine to the raw codes).
+    vq = make_janus_vq()
+    for key, value in vq.state_dict().items():
+        ours = sd["model.vqmodel." + key]
+        if key == "quantize.embedding.weight":
+            torch.testing.assert_close(ours, torch.nn.functional.normalize(value, dim=-1))
+        else:
+            torch.testing.assert_close(ours, value, rtol=0, atol=0)
+    with torch.no_grad():
+        ids = model.model.vqmodel.encode(pixels).image_tokens.view(2, -1)
+        z = torch.nn.functional.normalize(vq.quant_conv(vq.encoder(pixels)).permute(0, 2, 3, 1).reshape(-1, 8), dim=-1)
+        expected = (z @ torch.nn.functional.normalize(vq.quantize.embedding.weight, dim=-1).t()).argmax(-1).view(2, -1)
+    assert torch.equal(ids, expected)
+
+
+def test_assemble_tokenizer_and_config(parts, assembled):
+    model, processor = load_janus(assembled)
+    tok = processor.tokenizer
+    llm_vocab = LlamaConfig.from_pretrained(parts["llm"]).vocab_size
+    for name in ("<image_placeholder>", "<begin_of_image>", "<end_of_image>", "<|User|>", "<|Assistant|>", "<｜▁pad▁｜>"):
+        assert tok.convert_tokens_to_ids(name) >= llm_vocab, name  # added after the LLM's own tokens
+        assert tok.tokenize(f"a {name} b").count(name) == 1  # never split
+    assert model.config.text_config.vocab_size == len(tok) == llm_vocab + 6
+    assert model.config.image_token_id == tok.convert_tokens_to_ids("<image_placeholder>")
+    assert tok.pad_token == "<｜▁pad▁｜>" and tok.padding_side == "left"
+    assert model.config.vision_config.num_image_tokens == (IMAGE_SIZE // PATCH) ** 2 == model.config.vq_config.num_patches**2
+    assert model.model.vision_model.config.hidden_size == 48 and model.model.aligner.fc1.out_features == 64
+    # The processor expands an image placeholder into one token per vision patch.
+    from PIL import Image
+
+    batch = processor(text=["<image_placeholder> what is it?"], images=[Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE))],
+                      return_tensors="pt")
+    assert (batch["input_ids"] == model.config.image_token_id).sum() == 64
+    assert model.generation_config.generation_kwargs["boi_token_id"] == tok.convert_tokens_to_ids("<begin_of_image>")
+
+
+def _fresh_tensors(model) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    out = {k: v for k, v in sd.items() if k.startswith(("model.aligner.", "model.generation_"))}
+    return out
+
+
+def test_assemble_fresh_parts_are_seeded(parts, assembled, tmp_path):
+    again = tmp_path / "again"
+    other = tmp_path / "other"
+    summary = assemble(parts["llm"], parts["siglip"], parts["vq_pt"], again, dtype="float32", seed=7)
+    assemble(parts["llm"], parts["siglip"], parts["vq_pt"], other, dtype="float32", seed=8)
+    a, b, c = (_fresh_tensors(load_janus(d)[0]) for d in (assembled, again, other))
+    assert set(a) == {k for k in summary["fresh_tensors"]} and len(a) == 13  # 2 aligners x 2 linears, 2 head linears (w, b each) + embeddings
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+        if not key.endswith(".bias"):
+            assert not torch.equal(a[key], c[key]), key
+            assert 0.01 < a[key].std().item() < 0.03, key  # normal(0, initializer_range=0.02)
+    # Embedding rows added for Janus's tokens are fresh and seeded too.
+    emb = [load_janus(d)[0].model.language_model.embed_tokens.weight[-6:] for d in (assembled, again, other)]
+    assert torch.equal(emb[0], emb[1]) and not torch.equal(emb[0], emb[2])
+
+
+def test_assemble_vq_formats_agree_and_dtype(parts, assembled, tmp_path):
+    """A JanusVQVAE dir gives the same base as LlamaGen's .pt; --dtype bfloat16 is the float32 base rounded."""
+    from_dir = tmp_path / "from_dir"
+    bf16 = tmp_path / "bf16"
+    assemble(parts["llm"], parts["siglip"], parts["vq_dir"], from_dir, dtype="float32", seed=7)
+    assemble(parts["llm"], parts["siglip"], parts["vq_pt"], bf16, dtype="bfloat16", seed=7)
+    ref = load_janus(assembled)[0].state_dict()
+    same = load_janus(from_dir)[0].state_dict()
+    half = load_janus(bf16)[0].state_dict()
+    assert set(ref) == set(same) == set(half)
+    for key in ref:
+        assert torch.equal(ref[key], same[key]), key
+        assert half[key].dtype == torch.bfloat16 and torch.equal(half[key], ref[key].to(torch.bfloat16)), key
+
+
+def test_assemble_stage1_step_trains_only_table2_groups(assembled, tmp_path):
+    """One stage-I optimiser step with the 1B recipe's trainable groups: heads move, towers and LLM do not."""
+    import yaml
+
+    from model.freeze import apply_freezing, set_train_mode
+
+    recipe = yaml.safe_load(Path("recipes/train/janus-pro-1b/stage1.yaml").read_text())
+    model, processor = load_janus(assembled)
+    counts = apply_freezing(model, recipe["trainable"])
+    set_train_mode(model, recipe["trainable"])
+    assert counts["language_model"] == counts["vision_model"] == counts["vqmodel"] == counts["lm_head"] == 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tok = processor.tokenizer
+    pixels = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1
+    with torch.no_grad():
+        image_ids = model.model.vqmodel.encode(pixels).image_tokens.view(2, -1)
+    # A generation row: prompt, BOI, then the image's VQ ids through the generation embeddings.
+    prompt = tok(["a red circle<begin_of_image>"] * 2, return_tensors="pt")["input_ids"]
+    text_embeds = model.get_input_embeddings()(prompt)
+    image_embeds = model.model.prepare_embeddings_for_image_generation(image_ids)
+    hidden = model.model.language_model(inputs_embeds=torch.cat([text_embeds, image_embeds], 1)).last_hidden_state
+    logits = model.model.generation_head(hidden[:, prompt.shape[1] - 1:-1])
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), image_ids.reshape(-1))
+    # An understanding row: image placeholders replaced by aligned SigLIP features, caption loss.
+    ids = torch.tensor([[tok.bos_token_id] + [model.config.image_token_id] * 64 + tok("a red circle")["input_ids"][1:]] * 2)
+    out = model(input_ids=ids, pixel_values=pixels, labels=ids)
+    loss = loss + out.loss
+    loss.backward()
+    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3).step()
+    after = model.state_dict()
+    changed = {k.split(".")[1] if k.startswith("model.") else k.split(".")[0] for k in after
+               if not torch.equal(before[k], after[k])}
+    assert changed == {"aligner", "generation_embeddings", "generation_aligner", "generation_head"}
+    assert torch.isfinite(loss)
+
+
+def test_assemble_errors_name_the_problem(parts, tmp_path):
+    with pytest.raises(AssembleError, match="LLM dir .* does not exist"):
+        assemble(tmp_path / "nope", parts["siglip"], parts["vq_pt"], tmp_path / "o")
+    with pytest.raises(AssembleError, match="model_type='siglip_vision_model'; expected"):
+        assemble(parts["siglip"], parts["siglip"], parts["vq_pt"], tmp_path / "o")
+    small = make_siglip(tmp_path / "siglip8", seed=4)
+    cfg = json.loads((small / "config.json").read_text())
+    cfg["patch_size"] = 8
+    (small / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AssembleError, match="VQ downsamples by 4 .* patch_size is 8"):
+        assemble(parts["llm"], small, parts["vq_pt"], tmp_path / "o")
+    bad = tmp_path / "bad_vq.pt"
+    torch.save({"model": {"encoder.conv_in.weight": torch.zeros(1)}}, bad)
+    with pytest.raises(AssembleError, match="not LlamaGen's VQ layout"):
+        assemble(parts["llm"], parts["siglip"], bad, tmp_path / "o")
+    with pytest.raises(AssembleError, match="dtype='fp8'"):
+        assemble(parts["llm"], parts["siglip"], parts["vq_pt"], tmp_path / "o", dtype="fp8")
