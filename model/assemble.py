@@ -308,7 +308,8 @@ def janus_config_from_parts(llm: dict, vision: dict, vq: dict, tokenizer):
 # ---------------------------------------------------------------- filling the model
 
 
-def fill_model(config, pretrained: dict[str, torch.Tensor], seed: int, dtype: torch.dtype):
+def fill_model(config, pretrained: dict[str, torch.Tensor], seed: int, dtype: torch.dtype,
+               fresh_prefixes: tuple[str, ...] = FRESH_PREFIXES):
     """A JanusForConditionalGeneration holding `pretrained`, every other tensor freshly initialised from `seed`.
 
     Fresh tensors follow transformers' own init for Linear/Embedding (normal(0, initializer_range),
@@ -333,7 +334,7 @@ def fill_model(config, pretrained: dict[str, torch.Tensor], seed: int, dtype: to
         for name, target in expected.items():
             source = pretrained.get(name)
             if source is None:
-                if not name.startswith(FRESH_PREFIXES):
+                if not name.startswith(fresh_prefixes):
                     raise AssembleError(f"no source tensor for {name} (an input dir lacks it)")
                 target.copy_(_fresh(name, target.shape, std, generator))
                 fresh.append(name)

@@ -9,6 +9,7 @@ JanusVQVAE dir; and a checkpoint in the original deepseek-ai/Janus layout.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -200,39 +201,33 @@ def test_assemble_vq_formats_agree_and_dtype(parts, assembled, tmp_path):
 
 
 def test_assemble_stage1_step_trains_only_table2_groups(assembled, tmp_path):
-    """One stage-I optimiser step with the 1B recipe's trainable groups: heads move, towers and LLM do not."""
+    """One stage-I step of the project's Trainer from the assembled base, with the 1B recipe's
+    trainable groups (Table 2): the aligners, generation embeddings and head move; the LLM, lm_head,
+    SigLIP and the VQ do not. Image ids are encoded by the assembled VQ (no pre-computed ids)."""
     import yaml
+    from safetensors.torch import load_file
 
-    from model.freeze import apply_freezing, set_train_mode
+    from model.config import load_train_recipe
+    from model.train import Trainer
+    from tests.model.conftest import sample_rows, write_shards
 
-    recipe = yaml.safe_load(Path("recipes/train/janus-pro-1b/stage1.yaml").read_text())
-    model, processor = load_janus(assembled)
-    counts = apply_freezing(model, recipe["trainable"])
-    set_train_mode(model, recipe["trainable"])
-    assert counts["language_model"] == counts["vision_model"] == counts["vqmodel"] == counts["lm_head"] == 0
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    tok = processor.tokenizer
-    pixels = torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1
-    with torch.no_grad():
-        image_ids = model.model.vqmodel.encode(pixels).image_tokens.view(2, -1)
-    # A generation row: prompt, BOI, then the image's VQ ids through the generation embeddings.
-    prompt = tok(["a red circle<begin_of_image>"] * 2, return_tensors="pt")["input_ids"]
-    text_embeds = model.get_input_embeddings()(prompt)
-    image_embeds = model.model.prepare_embeddings_for_image_generation(image_ids)
-    hidden = model.model.language_model(inputs_embeds=torch.cat([text_embeds, image_embeds], 1)).last_hidden_state
-    logits = model.model.generation_head(hidden[:, prompt.shape[1] - 1:-1])
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), image_ids.reshape(-1))
-    # An understanding row: image placeholders replaced by aligned SigLIP features, caption loss.
-    ids = torch.tensor([[tok.bos_token_id] + [model.config.image_token_id] * 64 + tok("a red circle")["input_ids"][1:]] * 2)
-    out = model(input_ids=ids, pixel_values=pixels, labels=ids)
-    loss = loss + out.loss
-    loss.backward()
-    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3).step()
-    after = model.state_dict()
-    changed = {k.split(".")[1] if k.startswith("model.") else k.split(".")[0] for k in after
-               if not torch.equal(before[k], after[k])}
-    assert changed == {"aligner", "generation_embeddings", "generation_aligner", "generation_head"}
-    assert torch.isfinite(loss)
+    ratio = {"understanding": 1, "text": 0, "generation": 3}
+    build = write_shards(tmp_path / "build", "stage1", sample_rows(16, ratio, seed=1, grid=IMAGE_SIZE // PATCH), 8, ratio)
+    raw = yaml.safe_load(Path("recipes/train/tiny/stage1.yaml").read_text())
+    raw.update(samples={"prompts": [], "questions": 0}, schedule={"kind": "constant", "warmup_steps": 0, "steps": 1},
+               batch={"size": 8, "micro": 4}, eval=None)
+    raw["trainable"] = yaml.safe_load(Path("recipes/train/janus-pro-1b/stage1.yaml").read_text())["trainable"]
+    recipe_path = tmp_path / "stage1.yaml"
+    recipe_path.write_text(yaml.safe_dump({k: v for k, v in raw.items() if v is not None}))
+    final = Trainer(load_train_recipe(recipe_path, data=build, init=assembled), tmp_path / "run").train()
+    before, after = load_file(assembled / "model.safetensors"), load_file(final / "model.safetensors")
+    assert before.keys() == after.keys()
+    moved = {k.split(".")[1] if k.startswith("model.") else k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"aligner", "generation_embeddings", "generation_aligner", "generation_head"}
+    log = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and set(log[0]["loss"]) == {"understanding", "generation"}, log
+    # A fresh image head with small weights predicts near-uniformly over the 64 codes: ln 64 = 4.16.
+    assert abs(log[0]["loss"]["generation"] - math.log(64)) < 0.1, log
 
 
 def test_assemble_errors_name_the_problem(parts, tmp_path):
@@ -252,3 +247,162 @@ def test_assemble_errors_name_the_problem(parts, tmp_path):
         assemble(parts["llm"], parts["siglip"], bad, tmp_path / "o")
     with pytest.raises(AssembleError, match="dtype='fp8'"):
         assemble(parts["llm"], parts["siglip"], parts["vq_pt"], tmp_path / "o", dtype="fp8")
+
+
+# ---------------------------------------------------------------- convert-deepseek
+
+
+def janus_to_deepseek_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers Janus state dict in deepseek-ai/Janus names (the inverse of the converter, by hand)."""
+    out, vq = {}, {}
+    for key, value in state.items():
+        value = value.clone()
+        if key.startswith("model.language_model."):
+            out["language_model.model." + key[len("model.language_model."):]] = value
+        elif key == "lm_head.weight":
+            out["language_model.lm_head.weight"] = value
+        elif key.startswith("model.vqmodel."):
+            vq[key[len("model.vqmodel."):]] = value
+        elif key.startswith("model.vision_model."):
+            rest = key[len("model.vision_model."):]
+            tower = "vision_model.vision_tower."
+            if rest == "embeddings.position_embedding.weight":
+                out[tower + "pos_embed"] = value.unsqueeze(0)
+            elif rest.startswith("embeddings.patch_embedding."):
+                out[tower + "patch_embed.proj." + rest.split(".")[-1]] = value
+            elif rest.startswith("post_layernorm."):
+                out[tower + "norm." + rest.split(".")[-1]] = value
+            else:
+                m = re.match(r"encoder\.layers\.(\d+)\.(.+)$", rest)
+                layer, name = m.groups()
+                block = f"{tower}blocks.{layer}."
+                if name.startswith("self_attn.q_proj."):
+                    kind = name.split(".")[-1]
+                    parts = [state[f"model.vision_model.encoder.layers.{layer}.self_attn.{p}.{kind}"] for p in ("q_proj", "k_proj", "v_proj")]
+                    out[block + "attn.qkv." + kind] = torch.cat(parts, 0)
+                elif name.startswith(("self_attn.k_proj.", "self_attn.v_proj.")):
+                    continue
+                else:
+                    name = (name.replace("self_attn.projection_layer.", "attn.proj.")
+                            .replace("layer_norm1.", "norm1.").replace("layer_norm2.", "norm2."))
+                    out[block + name] = value
+        else:
+            for ours, theirs in (("model.generation_aligner.", "gen_aligner."), ("model.aligner.", "aligner.")):
+                if key.startswith(ours):
+                    rest = key[len(ours):]
+                    if rest.startswith("fc1."):
+                        out[theirs + "layers.0." + rest[4:]] = value
+                    else:
+                        i, kind = re.match(r"hidden_layers\.(\d+)\.(\w+)$", rest).groups()
+                        out[f"{theirs}layers.{2 * int(i) + 2}.{kind}"] = value
+                    break
+            else:
+                renamed = (key.replace("model.generation_head.proj_out.", "gen_head.output_mlp_projector.")
+                           .replace("model.generation_head.vision_head.", "gen_head.vision_head.")
+                           .replace("model.generation_embeddings.", "gen_embed."))
+                assert renamed != key, key
+                out[renamed] = value
+    out.update({"gen_vision_model." + k: v for k, v in janus_vq_to_llamagen(vq).items()})
+    hidden = state["model.vision_model.embeddings.patch_embedding.weight"].shape[0]
+    out["vision_model.vision_tower.attn_pool.latent"] = torch.zeros(1, 1, hidden)  # Janus keeps SigLIP's pool; unused
+    return out
+
+
+def write_deepseek_checkpoint(tiny_dir: Path, out: Path) -> Path:
+    """The tiny-random Janus in deepseek-ai/Janus's layout: config.json sections, pytorch_model.bin, tokenizer."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    cfg = json.loads((tiny_dir / "config.json").read_text())
+    text, vision, vq = cfg["text_config"], cfg["vision_config"], cfg["vq_config"]
+    out.mkdir(parents=True)
+    config = {
+        "model_type": "multi_modality",
+        "language_config": {k: text[k] for k in ("hidden_size", "intermediate_size", "max_position_embeddings",
+                                                 "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "vocab_size")},
+        "vision_config": {"cls": "CLIPVisionTower", "params": {"image_size": vision["image_size"], "model_name": "siglip_tiny",
+                                                               "num_heads": vision["num_attention_heads"], "select_layer": -1}},
+        "aligner_config": {"cls": "MlpProjector", "params": {"depth": 2, "input_dim": vision["hidden_size"],
+                                                             "n_embed": text["hidden_size"], "projector_type": "mlp_gelu"}},
+        "gen_vision_config": {"cls": "VQ-16", "params": {"image_token_size": vq["num_embeddings"], "n_embed": vq["embed_dim"]}},
+        "gen_aligner_config": {"cls": "MlpProjector", "params": {"depth": 2, "input_dim": vq["embed_dim"],
+                                                                 "n_embed": text["hidden_size"], "projector_type": "mlp_gelu"}},
+        "gen_head_config": {"cls": "vision_head", "params": {"image_token_embed": text["hidden_size"],
+                                                             "image_token_size": vq["num_embeddings"], "n_embed": text["hidden_size"]}},
+    }
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "preprocessor_config.json").write_text(json.dumps({"image_size": vision["image_size"], "min_size": 14,
+                                                              "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    torch.save(janus_to_deepseek_state(load_file(tiny_dir / "model.safetensors")), out / "pytorch_model.bin")
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(out)
+    return out
+
+
+def test_assemble_convert_deepseek_matches_logits(tmp_path):
+    from model.deepseek_janus import convert_deepseek
+    from model.tiny import build_tiny_janus
+
+    tiny = build_tiny_janus(tmp_path / "tiny", "tiny-random")
+    src = write_deepseek_checkpoint(tiny, tmp_path / "deepseek")
+    summary = convert_deepseek(src, tmp_path / "converted")
+    ref, processor = load_janus(tiny)
+    got, got_processor = load_janus(tmp_path / "converted")
+    assert summary["parameters"] == sum(p.numel() for p in ref.parameters())
+    assert got.config.image_token_id == ref.config.image_token_id
+    assert got_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    torch.manual_seed(0)
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    ids = torch.tensor([[0] + [ref.config.image_token_id] * 64 + list(range(20, 30))] * 2)
+    image_ids = torch.randint(0, ref.config.vq_config.num_embeddings, (2, 64))
+    with torch.no_grad():
+        outs = []
+        for model in (ref, got):
+            understanding = model(input_ids=ids, pixel_values=pixels).logits
+            embeds = model.model.generation_aligner(model.model.generation_embeddings(image_ids))
+            hidden = model.model.language_model(inputs_embeds=embeds).last_hidden_state
+            outs.append((understanding, model.model.generation_head(hidden), model.model.vqmodel.decode(image_ids)))
+    (und_ref, gen_ref, img_ref), (und_got, gen_got, img_got) = outs
+    torch.testing.assert_close(und_got, und_ref, rtol=0, atol=0)  # text logits with image features
+    torch.testing.assert_close(gen_got, gen_ref, rtol=0, atol=0)  # image-head logits over VQ ids
+    # decode normalises the (now pre-normalised) codebook again: equal up to float rounding
+    torch.testing.assert_close(img_got, img_ref, rtol=0, atol=1e-5)
+    # Every tensor but the codebook (stored unit-norm) is the source's.
+    sd_ref, sd_got = ref.state_dict(), got.state_dict()
+    assert set(sd_ref) == set(sd_got)
+    for key in sd_ref:
+        if key != "model.vqmodel.quantize.embedding.weight":
+            assert torch.equal(sd_ref[key], sd_got[key]), key
+
+
+def test_assemble_convert_deepseek_errors(tmp_path):
+    from model.deepseek_janus import convert_deepseek
+    from model.tiny import build_tiny_janus
+
+    with pytest.raises(AssembleError, match="does not exist"):
+        convert_deepseek(tmp_path / "nope", tmp_path / "o")
+    tiny = build_tiny_janus(tmp_path / "tiny", "tiny-random")
+    with pytest.raises(AssembleError, match="already in the transformers Janus layout"):
+        convert_deepseek(tiny, tmp_path / "o")
+    src = write_deepseek_checkpoint(tiny, tmp_path / "deepseek")
+    cfg = json.loads((src / "config.json").read_text())
+    del cfg["vision_config"]["params"]["num_heads"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AssembleError, match="add its head count as vision_config.params.num_heads"):
+        convert_deepseek(src, tmp_path / "o")
+
+
+def test_assemble_cli_mounted_in_janus_forge(parts, tmp_path, capsys):
+    """`janus-forge assemble` / `convert-deepseek` parse, run and report user errors in one line (exit 2)."""
+    from pipeline.cli import main
+
+    out = tmp_path / "base"
+    rc = main(["assemble", "--llm", str(parts["llm"]), "--siglip", str(parts["siglip"]), "--vq", str(parts["vq_pt"]),
+               "--out", str(out), "--dtype", "float32", "--seed", "7"])
+    assert rc == 0 and "stage-I base at" in capsys.readouterr().out
+    assert json.loads((out / "assemble.json").read_text())["seed"] == 7
+    load_janus(out)
+    rc = main(["assemble", "--llm", str(tmp_path / "missing"), "--siglip", str(parts["siglip"]), "--vq", str(parts["vq_pt"]),
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "janus-forge assemble: error: LLM dir" in capsys.readouterr().err
+    rc = main(["convert-deepseek", str(out), str(tmp_path / "o2")])
+    assert rc == 2 and "already in the transformers Janus layout" in capsys.readouterr().err
