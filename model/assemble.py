@@ -23,7 +23,7 @@ from torch import nn
 
 log = logging.getLogger("janus_forge.assemble")
 
-# The new parts of a stage-I base (FSDP-free names under JanusForConditionalGeneration).
+# The new parts of a stage-I base (parameter names under JanusForConditionalGeneration).
 FRESH_PREFIXES = ("model.aligner.", "model.generation_aligner.", "model.generation_embeddings.", "model.generation_head.")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -361,11 +361,10 @@ def _fresh(name: str, shape, std: float, generator: torch.Generator) -> torch.Te
 def _recompute_buffers(model: nn.Module) -> None:
     """Non-persistent buffers (rotary inv_freq, position ids) are not in any checkpoint; to_empty left them garbage."""
     for module in model.modules():
-        if hasattr(module, "rope_init_fn") and hasattr(module, "inv_freq"):
-            inv_freq, _ = module.rope_init_fn(module.config, device="cpu")
-            module.inv_freq = inv_freq
-            if hasattr(module, "original_inv_freq"):
-                module.original_inv_freq = inv_freq
+        if hasattr(module, "inv_freq") and hasattr(module, "config"):  # rotary embeddings: rebuild from the config
+            rebuilt = type(module)(module.config)
+            for name, buffer in rebuilt.named_buffers(recurse=False):
+                getattr(module, name).copy_(buffer)
         if hasattr(module, "position_ids") and isinstance(module.position_ids, torch.Tensor):
             module.position_ids.copy_(torch.arange(module.position_ids.shape[-1]).expand_as(module.position_ids))
 

@@ -26,7 +26,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from model.assemble import AssembleError, assemble, llamagen_to_janus_vq
+from model.assemble import AssembleError, assemble
 from model.tiny import load_janus
 from model.tokenizer import BOS, CORPUS, EOS
 
