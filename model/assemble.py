@@ -66,11 +66,11 @@ def read_state_dict(path: Path, what: str, allow_pickle: bool = False) -> dict[s
 
 
 def _unwrap_state_dict(obj, path: Path, what: str) -> dict[str, torch.Tensor]:
-    """LlamaGen saves {"model": state_dict, ...} (and sometimes "ema"); plain state dicts pass through."""
+    """LlamaGen saves {"model": state_dict, ...} and loads "model" itself (sample_c2i.py); plain state dicts pass through."""
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj
     if isinstance(obj, dict):
-        for key in ("ema", "model", "state_dict"):
+        for key in ("model", "state_dict", "ema"):
             if isinstance(obj.get(key), dict):
                 return {k: v for k, v in obj[key].items() if isinstance(v, torch.Tensor)}
     raise AssembleError(f"{what} {path} holds no state dict (expected tensors, or a dict with 'model'/'ema'/'state_dict')")

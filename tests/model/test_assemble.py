@@ -200,6 +200,25 @@ def test_assemble_vq_formats_agree_and_dtype(parts, assembled, tmp_path):
         assert half[key].dtype == torch.bfloat16 and torch.equal(half[key], ref[key].to(torch.bfloat16)), key
 
 
+def test_assemble_reads_a_full_siglip_model_dir(parts, tmp_path):
+    """Published SigLIP checkpoints are full SiglipModel dirs (text + vision): only the vision tower is used."""
+    from transformers import SiglipConfig, SiglipModel, SiglipTextConfig
+
+    vision = SiglipVisionConfig.from_pretrained(parts["siglip"])
+    config = SiglipConfig(text_config=SiglipTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                       num_attention_heads=2, vocab_size=100).to_dict(),
+                          vision_config=vision.to_dict())
+    torch.manual_seed(5)
+    full = SiglipModel(config)
+    full.save_pretrained(tmp_path / "siglip_full")
+    assemble(parts["llm"], tmp_path / "siglip_full", parts["vq_pt"], tmp_path / "base", dtype="float32")
+    model, _ = load_janus(tmp_path / "base")
+    pixels = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model.model.vision_model(pixels).last_hidden_state,
+                                   full.eval().vision_model(pixel_values=pixels).last_hidden_state, rtol=1e-5, atol=1e-5)
+
+
 def test_assemble_stage1_step_trains_only_table2_groups(assembled, tmp_path):
     """One stage-I step of the project's Trainer from the assembled base, with the 1B recipe's
     trainable groups (Table 2): the aligners, generation embeddings and head move; the LLM, lm_head,
@@ -245,6 +264,17 @@ def test_assemble_errors_name_the_problem(parts, tmp_path):
     torch.save({"model": {"encoder.conv_in.weight": torch.zeros(1)}}, bad)
     with pytest.raises(AssembleError, match="not LlamaGen's VQ layout"):
         assemble(parts["llm"], parts["siglip"], bad, tmp_path / "o")
+    # A training checkpoint carrying Python objects (LlamaGen keeps its argparse args) is not read
+    # unless the user vouches for it.
+    import argparse
+
+    from model.assemble import load_vq
+
+    pickled = tmp_path / "vq_with_args.pt"
+    torch.save({"model": torch.load(parts["vq_pt"], weights_only=True)["model"], "args": argparse.Namespace(vq_model="VQ-16")}, pickled)
+    with pytest.raises(AssembleError, match="could not be read as plain tensors.*--allow-pickle"):
+        assemble(parts["llm"], parts["siglip"], pickled, tmp_path / "o")
+    assert load_vq(pickled, allow_pickle=True)[0]["channel_multiplier"] == VQ_MULT
     with pytest.raises(AssembleError, match="dtype='fp8'"):
         assemble(parts["llm"], parts["siglip"], parts["vq_pt"], tmp_path / "o", dtype="fp8")
 
