@@ -219,6 +219,39 @@ def test_assemble_reads_a_full_siglip_model_dir(parts, tmp_path):
                                    full.eval().vision_model(pixel_values=pixels).last_hidden_state, rtol=1e-5, atol=1e-5)
 
 
+def test_assemble_real_scale_dims_match_janus_pro_1b():
+    """At Janus-Pro-1B's dims (DeepSeek-LLM 2048 x 24, SigLIP-L/16-384, LlamaGen VQ-16), on the meta
+    device (no memory): the VQ config read off LlamaGen-layout shapes is VQ-16's, and the assembled
+    model has exactly the tensor shapes of the transformers Janus-Pro-1B layout (whose converter
+    uses JanusVisionConfig / JanusVQVAEConfig defaults, i.e. SigLIP-L and VQ-16)."""
+    from transformers import JanusConfig, JanusForConditionalGeneration, JanusVisionConfig
+
+    from model.assemble import janus_config_from_parts, llamagen_to_janus_vq, vq_config_from_llamagen
+    from model.tokenizer import train_tokenizer
+
+    with torch.device("meta"):
+        vq16 = JanusVQVAE(JanusVQVAEConfig()).state_dict()
+    llamagen = janus_vq_to_llamagen(vq16)
+    fields = vq_config_from_llamagen(llamagen)
+    assert fields == {"embed_dim": 8, "num_embeddings": 16384, "base_channels": 128, "channel_multiplier": [1, 1, 2, 2, 4],
+                      "num_res_blocks": 2, "latent_channels": 256, "in_channels": 3, "out_channels": 3}
+    assert set(llamagen_to_janus_vq(llamagen)) == set(vq16)
+    text = LlamaConfig(vocab_size=102400, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
+                       num_key_value_heads=16, max_position_embeddings=16384, rms_norm_eps=1e-6)
+    siglip_l = SiglipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                                  image_size=384, patch_size=16)
+    tokenizer = train_tokenizer()
+    ours = janus_config_from_parts(text.to_dict(), siglip_l.to_dict(), fields, tokenizer)
+    assert ours.vision_config.num_image_tokens == 576 and ours.vq_config.num_patches == 24
+    reference = JanusConfig(text_config=text, vision_config=JanusVisionConfig(projection_dim=2048),
+                            vq_config=JanusVQVAEConfig(projection_dim=2048, image_token_embed_dim=2048))
+    with torch.device("meta"):
+        a = {k: v.shape for k, v in JanusForConditionalGeneration(ours).state_dict().items()}
+        b = {k: v.shape for k, v in JanusForConditionalGeneration(reference).state_dict().items()}
+    assert a == b
+    assert sum(torch.Size(s).numel() for s in a.values()) > 2.0e9  # Janus-Pro-1B is ~2.1B parameters with its towers
+
+
 def test_assemble_stage1_step_trains_only_table2_groups(assembled, tmp_path):
     """One stage-I step of the project's Trainer from the assembled base, with the 1B recipe's
     trainable groups (Table 2): the aligners, generation embeddings and head move; the LLM, lm_head,
