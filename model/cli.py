@@ -1,4 +1,5 @@
-"""`janus-forge train RECIPE --out DIR [--resume]`: the parser and runner the pipeline CLI mounts."""
+"""`janus-forge train RECIPE --out DIR [--resume]`, `eval`, `assemble`, `convert-deepseek`: the parsers
+and runners the pipeline CLI mounts."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ def user_errors() -> tuple[type[Exception], ...]:
     Imported on demand: these modules pull in torch and transformers, which every other
     `janus-forge` command would otherwise pay for at start-up.
     """
+    from model.assemble import AssembleError
     from model.config import TrainRecipeError
     from model.eval_sets import EvalDataError
     from model.shards import DataError
     from model.tiny import ModelDirError
     from model.train import TrainingError
 
-    return (TrainRecipeError, DataError, ModelDirError, TrainingError, EvalDataError)
+    return (TrainRecipeError, DataError, ModelDirError, TrainingError, EvalDataError, AssembleError)
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -91,6 +93,56 @@ def run_eval_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_assemble_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("assemble", help="build the stage-I base: LLM + SigLIP + LlamaGen VQ, fresh aligners and heads")
+    p.add_argument("--llm", type=Path, required=True, help="LlamaForCausalLM dir with its tokenizer (e.g. DeepSeek-LLM)")
+    p.add_argument("--siglip", type=Path, required=True, help="SiglipVisionModel (or SiglipModel) dir")
+    p.add_argument("--vq", type=Path, required=True, help="LlamaGen VQ-16 checkpoint (.pt / dir holding one) or a JanusVQVAE dir")
+    p.add_argument("--out", type=Path, required=True, help="where the transformers Janus checkpoint goes")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"], help="saved weight dtype")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fresh aligners, heads and embeddings")
+    p.add_argument("--allow-pickle", action="store_true", help="read a VQ .pt that holds Python objects (trusted files only)")
+    p.set_defaults(func=run_assemble)
+    return p
+
+
+def run_assemble(args: argparse.Namespace) -> int:
+    from model.assemble import assemble
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = assemble(args.llm, args.siglip, args.vq, args.out, dtype=args.dtype, seed=args.seed,
+                           allow_pickle=args.allow_pickle)
+    except user_errors() as err:
+        print(f"janus-forge assemble: error: {err}", file=sys.stderr)
+        return 2
+    print(f"janus-forge assemble: {summary['parameters']:,} parameters, {len(summary['fresh_tensors'])} fresh tensors; "
+          f"stage-I base at {args.out}")
+    return 0
+
+
+def add_convert_deepseek_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("convert-deepseek", help="convert a deepseek-ai/Janus-layout checkpoint to the transformers Janus layout")
+    p.add_argument("src", type=Path, help="dir in the original layout (config.json with language_config, pytorch_model.bin, tokenizer)")
+    p.add_argument("out", type=Path, help="output dir (transformers Janus layout)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="saved weight dtype (default: the source's)")
+    p.set_defaults(func=run_convert_deepseek)
+    return p
+
+
+def run_convert_deepseek(args: argparse.Namespace) -> int:
+    from model.deepseek_janus import convert_deepseek
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = convert_deepseek(args.src, args.out, dtype=args.dtype)
+    except user_errors() as err:
+        print(f"janus-forge convert-deepseek: error: {err}", file=sys.stderr)
+        return 2
+    print(f"janus-forge convert-deepseek: {summary['parameters']:,} parameters ({summary['dtype']}) at {args.out}")
+    return 0
+
+
 def _default_device() -> str:
     import torch
 
@@ -115,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)
     add_eval_parser(sub)
+    add_assemble_parser(sub)
+    add_convert_deepseek_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

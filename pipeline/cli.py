@@ -85,12 +85,14 @@ def parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_report)
 
     try:
-        from model.cli import add_eval_parser, add_train_parser
+        from model.cli import add_assemble_parser, add_convert_deepseek_parser, add_eval_parser, add_train_parser
     except ImportError:
         pass
     else:
         add_train_parser(sub)
         add_eval_parser(sub)
+        add_assemble_parser(sub)
+        add_convert_deepseek_parser(sub)
     return p
 
 
