@@ -21,6 +21,7 @@ from pydantic import Field
 from pipeline.schema import IMAGE_TYPE, STATUS_FAILED, STATUS_KEPT, conform
 from stages.base import Resources, Stage, StageConfig, StageError, register, with_verdicts
 from stages.download_errors import is_blocked, is_transient
+from stages.egress_proxy import EgressProxy, proxy_environment
 from stages.netguard import UrlGuard
 
 # img2dataset's status string -> our reason for a row that failed for good
@@ -103,11 +104,11 @@ class DownloadImages(Stage):
                     continue
                 if not url:
                     verdicts[i] = (STATUS_FAILED, "no_url", "meta has no url")
-                elif why := self.guard.refuse(url):
+                elif why := self.guard.refuse(url):  # cheap first check; the egress proxy checks every hop
                     verdicts[i] = (STATUS_FAILED, "blocked_address", why)  # never requested
                 else:
                     wanted[sid] = url
-            results, attempts = self._fetch(wanted) if wanted else ({}, {})
+            results, attempts = self._fetch_guarded(wanted) if wanted else ({}, {})
         images, widths, heights = [], [], []
         image_col, w_col, h_col = (batch.column(c).to_pylist() for c in ("image", "width", "height"))
         for i, sid in enumerate(ids):
@@ -181,6 +182,11 @@ class DownloadImages(Stage):
         self._scratch = []
 
     # -- img2dataset ---------------------------------------------------------------------------
+    def _fetch_guarded(self, wanted: dict[str, str]) -> tuple[dict[str, dict], dict[str, int]]:
+        """_fetch with every connection (each redirect included) made through the egress proxy."""
+        with EgressProxy(self.guard, timeout=self.config.timeout) as proxy, proxy_environment(proxy):
+            return self._fetch(wanted)
+
     def _fetch(self, wanted: dict[str, str]) -> tuple[dict[str, dict], dict[str, int]]:
         """img2dataset rows by sample_id, and the attempt number each row's result is from."""
         attempts = {sid: self._prior_attempts.get(sid, 0) + 1 for sid in wanted}

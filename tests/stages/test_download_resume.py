@@ -121,6 +121,8 @@ class After(Stage):
         ("failed_to_download", "<urlopen error [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed>", False),
         ("failed_to_download", "HTTP Error 403: egress guard refused 127.0.0.2: not an allowed address", False),
         ("failed_to_download", "HTTP Error 502: egress proxy: unknown host nope.invalid", False),
+        ("failed_to_download", "HTTP Error 504: egress proxy: temporary failure resolving x.test: [Errno -3]", True),
+        ("failed_to_download", "HTTP Error 502: egress proxy: cannot connect to x.test: [Errno 111] Connection refused", True),
         ("failed_to_resize", "cannot identify image file", False),
         ("success", None, False),
     ],
