@@ -174,6 +174,7 @@ def test_rerun_retries_transient_failures_and_keeps_final_ones(tmp_path):
         assert "503" in first["b"]["detail"] and "Connection refused" in first["c"]["detail"]
         assert first["b"]["detail"].endswith("[attempt 1 of 3]")
         assert (first["d"]["reason"], "404" in first["d"]["detail"]) == ("download_failed", True)
+        assert list(scratch_root(tmp_path).iterdir()) == []  # committed: img2dataset's copy is gone
         workdir.write_part(after_dir / part, rows({}))  # a later step had committed this partition too
 
         # the rerun of the build: the runner asks the stage, which reopens the partition
@@ -196,6 +197,34 @@ def test_rerun_retries_transient_failures_and_keeps_final_ones(tmp_path):
     assert pq.read_table(out_dir / part).column("sample_id").to_pylist() == rows(urls).column("sample_id").to_pylist()
     assert not workdir.previous_output(out_dir, part).exists()
     assert not rerun_stage.reopen(out_dir / part)  # nothing retryable left: the next rerun skips it
+    assert list(scratch_root(tmp_path).iterdir()) == []
+
+
+def scratch_root(tmp_path):
+    return tmp_path / "build" / "work" / "yfcc" / "scratch" / "download"
+
+
+def test_scratch_is_removed_once_the_partition_commits(tmp_path):
+    """Downloaded images are stored once: in the committed partition, not also in img2dataset's output."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    part = "part-00000-00000.parquet"
+    files = {f"/{i}.jpg": jpeg(20 + i, 10) for i in range(4)}
+    with Server(files) as srv:
+        workdir.write_part(in_dir / part, rows({str(i): f"{srv.base}/{i}.jpg" for i in range(4)}))
+        stage = make_stage(tmp_path, number_sample_per_shard=2)
+        real_commit = stage.committed
+        seen = []
+        stage.committed = lambda: (seen.extend(p.name for p in scratch_root(tmp_path).rglob("*.parquet")), real_commit())
+        _RunStage(stage, in_dir, out_dir)({"part": [part]})
+        assert sorted(seen) == ["00000.parquet", "00001.parquet", "urls.parquet"]  # there until the commit
+        assert list(scratch_root(tmp_path).iterdir()) == []
+        n = len(srv.hits)
+        _RunStage(make_stage(tmp_path, number_sample_per_shard=2), in_dir, out_dir)({"part": [part]})
+        assert len(srv.hits) == n == 4  # a rerun skips the committed partition: nothing fetched again
+    out = pq.read_table(out_dir / part)
+    assert out.column("status").to_pylist() == ["kept"] * 4
+    sizes = [Image.open(io.BytesIO(img["bytes"])).size for img in out.column("image").to_pylist()]
+    assert sizes == list(zip(out.column("width").to_pylist(), out.column("height").to_pylist())) and {w for w, _ in sizes} == {16}
 
 
 def test_crash_before_commit_retries_the_reused_transient_rows(tmp_path):
