@@ -246,3 +246,60 @@ def test_row_without_result_is_transient(tmp_path):
     s = make_stage(tmp_path)
     status, reason, detail = s._verdict(None, 1)
     assert (status, reason) == ("failed", TRANSIENT) and "no row" in detail
+
+
+BUILD_RECIPE = """
+name: download-resume
+seed: 3
+rows_per_partition: 4
+sources:
+  photos:
+    kind: yfcc_metadata
+    paths: [photos.tsv]
+    steps:
+      - {{stage: yfcc_captions, licenses: [Attribution License]}}
+      - {{stage: download_images, resolution: 16, timeout: 3, allow_networks: [127.0.0.1/32]}}
+      - {{stage: preprocess_images, mode: understanding, resolution: 16}}
+mix:
+  global_batch: 2
+  rows_per_shard: 4
+  stages:
+    stage2: {{ratio: {{understanding: 1}}, sources: {{photos: 1}}, batches: 3}}
+"""
+
+
+@pytest.mark.slow  # three real builds on the session's local Ray, img2dataset in each
+def test_build_rerun_after_transient_failures_matches_a_clean_build(tmp_path, local_ray):
+    """A build whose server is down for some photos, rerun healed, writes the shards a clean build writes."""
+    from urllib.parse import quote_plus
+
+    from pipeline.recipe import load_recipe
+    from pipeline.runner import BuildOptions, run_build
+    from stages.yfcc import format_line
+
+    files = {f"/{i}.jpg": jpeg(20 + 3 * i, 12 + i) for i in range(8)}
+    with Server(files, unavailable={"/1.jpg", "/4.jpg", "/6.jpg"}) as srv:
+        urls = [f"{srv.base}/{i}.jpg" for i in range(8)] + [f"{srv.base}/gone.jpg"]
+        with open(tmp_path / "photos.tsv", "w") as fh:
+            for i, url in enumerate(urls):
+                fh.write(format_line({"line": i, "id": str(i), "title": quote_plus(f"A red boat number {i} on the sea"), "url": url,
+                                      "license": quote_plus("Attribution License"), "marker": "0"}))
+        (tmp_path / "recipe.yaml").write_text(BUILD_RECIPE.format())
+        recipe = load_recipe(tmp_path / "recipe.yaml")
+        resumed, clean = tmp_path / "resumed", tmp_path / "clean"
+        run_build(recipe, BuildOptions(out=resumed))
+        step = resumed / "work" / "photos" / "02-download_images"
+        first = pa.concat_tables([pq.read_table(p) for p in sorted(step.glob("*.parquet"))]).to_pylist()
+        assert sorted(r["source_key"] for r in first if r["reason"] == TRANSIENT) == ["1", "4", "6"]
+        srv.unavailable.clear()
+        run_build(recipe, BuildOptions(out=resumed))  # the rerun: only the three are fetched again
+        run_build(recipe, BuildOptions(out=clean))
+    second = {r["source_key"]: r for p in sorted(step.glob("*.parquet")) for r in pq.read_table(p).to_pylist()}
+    assert {k: (r["status"], r[ATTEMPTS.name]) for k, r in second.items() if k in "146"} == {k: ("kept", 2) for k in "146"}
+    assert second["8"]["reason"] == "download_failed"  # the 404 (gone.jpg) stayed final
+    assert not list(step.glob("_previous/*")) and not list((resumed / "work" / "photos" / "scratch" / "download").iterdir())
+
+    def shards(build):
+        return {p.relative_to(build).as_posix(): p.read_bytes() for p in sorted((build / "shards").rglob("shard-*.parquet"))}
+
+    assert shards(resumed) and shards(resumed) == shards(clean)
