@@ -179,6 +179,10 @@ def _reopen(stages: list[Stage], root: Path, parts: list[str], source: str) -> N
     """
     dirs = [root / f"{step:02d}-{stage.name}" for step, stage in enumerate(stages, start=1)]
     for k, stage in enumerate(stages):
+        if (dirs[k] / "_previous").is_dir():  # a crash between a redo's commit and its cleanup
+            for p in parts:
+                if (dirs[k] / p).exists():
+                    workdir.previous_output(dirs[k], p).unlink(missing_ok=True)
         reopened = [p for p in parts if (dirs[k] / p).exists() and stage.reopen(dirs[k] / p)]
         if not reopened:
             continue

@@ -198,6 +198,10 @@ def test_rerun_retries_transient_failures_and_keeps_final_ones(tmp_path):
     assert not workdir.previous_output(out_dir, part).exists()
     assert not rerun_stage.reopen(out_dir / part)  # nothing retryable left: the next rerun skips it
     assert list(scratch_root(tmp_path).iterdir()) == []
+    # a crash between the redo's commit and its cleanup: the next rerun drops the leftover
+    workdir.write_part(workdir.previous_output(out_dir, part), rows({}))
+    _reopen([rerun_stage], root, [part], "yfcc")
+    assert (out_dir / part).exists() and not workdir.previous_output(out_dir, part).exists()
 
 
 def scratch_root(tmp_path):
