@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 
 from catalog.db import CATALOG_FILE, Catalog
 from pipeline import workdir
@@ -151,6 +152,7 @@ def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: 
     read_files = [read_dir / p for p in parts]
     rows = catalog.record_stage(context.build_id, plan.name, 0, plan.config.kind, read_files, workdir.count_rows(read_files), time.perf_counter() - t0)
     prev_dir, prev_kept = read_dir, rows["rows_kept"]
+    _reopen(stages, root, parts, plan.name)
     for segment in _segments(stages):
         dirs = [root / f"{step:02d}-{stage.name}" for step, stage in segment]
         todo = [p for p in parts if not all((d / p).exists() for d in dirs)]
@@ -165,6 +167,34 @@ def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: 
                      counts["rows_kept"], counts["rows_filtered"], counts["rows_failed"])
             prev_dir, prev_kept = stage_dir, counts["rows_kept"]
     return SourceRows(plan.name, plan.task, [prev_dir / p for p in parts], prev_kept)
+
+
+def _reopen(stages: list[Stage], root: Path, parts: list[str], source: str) -> None:
+    """Uncommit the partitions a stage wants redone on resume (downloads that failed transiently).
+
+    The stage's committed output moves to <step dir>/_previous/, where the redo reads it back
+    (what was final is kept, attempts are counted); outputs of later steps built on those
+    partitions are removed, and every output of a later global stage, whose plan saw them all.
+    Crash-safe in any order: a removed output is simply redone, a moved one is found again.
+    """
+    dirs = [root / f"{step:02d}-{stage.name}" for step, stage in enumerate(stages, start=1)]
+    for k, stage in enumerate(stages):
+        if (dirs[k] / "_previous").is_dir():  # a crash between a redo's commit and its cleanup
+            for p in parts:
+                if (dirs[k] / p).exists():
+                    workdir.previous_output(dirs[k], p).unlink(missing_ok=True)
+        reopened = [p for p in parts if (dirs[k] / p).exists() and stage.reopen(dirs[k] / p)]
+        if not reopened:
+            continue
+        log.info("%s %s: reopening %d partitions with retryable rows", source, stage.name, len(reopened))
+        every = False
+        for j in range(k + 1, len(stages)):
+            every = every or stages[j].is_global
+            for p in parts if every else reopened:
+                (dirs[j] / p).unlink(missing_ok=True)
+        for p in reopened:
+            workdir.previous_output(dirs[k], p).parent.mkdir(exist_ok=True)
+            os.replace(dirs[k] / p, workdir.previous_output(dirs[k], p))
 
 
 def _segments(stages: list[Stage]) -> list[list[tuple[int, Stage]]]:
@@ -222,9 +252,15 @@ class _RunStage:
             if (self.out_dir / part).exists():
                 continue
             table = workdir.read_kept(self.in_dir, [part])
+            previous = workdir.previous_output(self.out_dir, part)
             t0 = time.perf_counter()
-            result = self.stage.run(table) if table.num_rows else table
+            if previous.exists() and table.num_rows:  # reopened on resume (see _reopen)
+                result = self.stage.resume(table, pq.read_table(previous))
+            else:
+                result = self.stage.run(table) if table.num_rows else table
             workdir.write_part(self.out_dir / part, result, seconds=time.perf_counter() - t0)
+            self.stage.committed()
+            previous.unlink(missing_ok=True)
         return {"part": batch["part"]}
 
 

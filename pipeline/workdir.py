@@ -44,6 +44,11 @@ def write_part(path: Path, table: pa.Table, seconds: float = 0.0) -> None:
     os.replace(tmp, path)
 
 
+def previous_output(stage_dir: Path, part: str) -> Path:
+    """Where a reopened partition's earlier output waits for its redo (pipeline/runner.py _reopen)."""
+    return stage_dir / "_previous" / part
+
+
 def read_kept(directory: Path, parts: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
     tables = []
     for p in parts:

@@ -136,6 +136,18 @@ class Stage:
     def process(self, batch: pa.Table) -> pa.Table:
         raise NotImplementedError
 
+    # -- resume hooks (pipeline/runner.py): a committed partition is final unless reopen says not
+    def reopen(self, output: Path) -> bool:
+        """On resume: should this committed output be redone (e.g. rows that failed transiently)?"""
+        return False
+
+    def resume(self, batch: pa.Table, previous: pa.Table) -> pa.Table:
+        """Redo a reopened partition; `previous` is its earlier output (keep what was final)."""
+        return self.run(batch)
+
+    def committed(self) -> None:
+        """Called after the runner commits a partition this worker produced (drop scratch files)."""
+
     # -- the base does the counting --------------------------------------------------------
     def run(self, batch: pa.Table) -> pa.Table:
         """Process a batch in `batch_size` slices; every row comes back with a verdict."""

@@ -1,7 +1,10 @@
 """The SSRF guard refuses non-public addresses unless the recipe allows them."""
 
+import socket
+
 import pytest
 
+import stages.netguard as netguard
 from stages.netguard import UrlGuard
 
 
@@ -35,3 +38,32 @@ def test_public_address_passes_and_allow_list_opens_loopback():
 
 def test_unresolvable_host_is_left_to_the_downloader():
     assert UrlGuard().refuse("http://no-such-host.invalid/x.jpg") is None
+
+
+def test_checked_address_is_the_one_to_connect_to(monkeypatch):
+    guard = UrlGuard(allow=["127.0.0.1/32"])
+    assert str(guard.checked_address("127.0.0.1", 80)[0]) == "127.0.0.1"
+    address, why = guard.checked_address("127.0.0.2", 80)
+    assert address is None and "non-public address 127.0.0.2" in why
+
+    def no_such_name(host, port, proto=0):  # NXDOMAIN without asking a resolver
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    netguard._resolve.cache_clear()
+    monkeypatch.setattr(netguard.socket, "getaddrinfo", no_such_name)
+    assert guard.checked_address("no-such-host.invalid", 80) == (None, None)
+
+
+def test_temporary_dns_failure_is_not_cached(monkeypatch):
+    calls = []
+
+    def flaky(host, port, proto=0):
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    netguard._resolve.cache_clear()
+    monkeypatch.setattr(netguard.socket, "getaddrinfo", flaky)
+    with pytest.raises(socket.gaierror):
+        UrlGuard().checked_address("flaky.test", 80)
+    assert UrlGuard().refuse("http://flaky.test/x.jpg") is None  # left to the proxy, which says transient
+    assert calls == ["flaky.test", "flaky.test"]
