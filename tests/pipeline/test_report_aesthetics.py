@@ -2,8 +2,6 @@
 
 import base64
 import os
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,13 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import duckdb
 import pyarrow.parquet as pq
-
-try:  # the lead's report module; until it lands, the decorator is all this section needs
-    import pipeline.report  # noqa: F401
-except ImportError:
-    stub = types.ModuleType("pipeline.report")
-    stub.section = lambda title, order=0: (lambda fn: fn)
-    sys.modules["pipeline.report"] = stub
 
 from pipeline.reports import aesthetics  # noqa: E402
 from pipeline.schema import make_rows  # noqa: E402
