@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -11,6 +10,7 @@ import torch
 from PIL import Image, ImageOps
 
 from model.shards import DataError
+from stages.image_checks import ImageRejected, decode
 
 IGNORE = -100  # torch cross_entropy's ignore_index: prompt, image positions and padding
 
@@ -42,10 +42,9 @@ def decode_image(row: dict[str, Any]) -> Image.Image:
     if not data:
         raise DataError(f"{row.get('shard')}: row {row['sample_id']} ({row['task']}) has no image bytes")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{row.get('shard')}: row {row['sample_id']} has a corrupt image: {err}") from None
+        return decode(data)  # the project's one decoder: same bomb limit as the data stages
+    except ImageRejected as err:
+        raise DataError(f"{row.get('shard')}: row {row['sample_id']} has a corrupt image: {err.reason}: {err}") from None
 
 
 def generation_pixels(images: list[Image.Image], image_processor) -> torch.Tensor:
