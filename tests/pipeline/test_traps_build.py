@@ -55,3 +55,22 @@ def test_a_stage_used_twice_keeps_both_steps_rejections(tmp_path, local_ray):
         assert by_step[1] == runs[1][2] > 0 and by_step[3] == runs[3][2] > 0
         assert "too_short" in reasons[3]  # the stricter second pass: rows the first one kept
         assert total[0] == total[1] == sum(r[2] for r in runs)
+
+
+def test_an_input_edited_in_place_is_not_resumed_stale(tmp_path, local_ray, monkeypatch):
+    monkeypatch.setenv("JANUS_FORGE_HASH_CACHE", str(tmp_path / "hashes.json"))
+    out = tmp_path / "build"
+    path = _recipe(tmp_path)
+    run_build(load_recipe(path), BuildOptions(out=out))
+    data = tmp_path / "tiny" / "midjourney_prompts.jsonl"
+    text = data.read_bytes()
+    assert b"a red circle" in text
+    data.write_bytes(text.replace(b"a red circle", b"a tan circle"))  # same size, new content
+    edited = load_recipe(path)
+    with pytest.raises(BuildError, match="another recipe version"):  # not a silent, stale resume
+        run_build(edited, BuildOptions(out=out))
+    run_build(edited, BuildOptions(out=out, restart=True))
+    con = duckdb.connect(str(out / "catalog.duckdb"), read_only=True)
+    prompts = [r[0] for r in con.execute("SELECT prompt FROM read_parquet(?)", [str(out / "work" / "mj_prompts" / "01-clean_prompts" / "*.parquet")]).fetchall()]
+    con.close()
+    assert any("a tan circle" in p for p in prompts if p) and not any("a red circle" in p for p in prompts if p)
