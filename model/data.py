@@ -36,6 +36,14 @@ class Example:
         return len(self.image_ids) if self.task == "generation" else sum(1 for t in self.labels if t != IGNORE)
 
 
+class ImageDataError(DataError):
+    """A row's image could not be decoded; `reason` is the decoder's (e.g. `decompression_bomb`)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def decode_image(row: dict[str, Any]) -> Image.Image:
     image = row.get("image") or {}
     data = image.get("bytes")
@@ -44,7 +52,7 @@ def decode_image(row: dict[str, Any]) -> Image.Image:
     try:
         return decode(data)  # the project's one decoder: same bomb limit as the data stages
     except ImageRejected as err:
-        raise DataError(f"{row.get('shard')}: row {row['sample_id']} has a corrupt image: {err.reason}: {err}") from None
+        raise ImageDataError(f"{row.get('shard')}: row {row['sample_id']} has a corrupt image: {err.reason}: {err}", err.reason) from None
 
 
 def generation_pixels(images: list[Image.Image], image_processor) -> torch.Tensor:

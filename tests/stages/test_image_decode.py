@@ -67,6 +67,7 @@ def test_imagefolder_rejects_a_bomb_file_by_name(tmp_path):
 
 def test_trainer_data_loader_stops_on_a_bomb_naming_it():
     row = {"shard": "shard-00000.parquet", "sample_id": "abc", "task": "understanding", "image": {"bytes": BOMBS["just_over"]}}
-    with pytest.raises(DataError, match=r"shard-00000.parquet: row abc has a corrupt image: decompression_bomb"):
+    with pytest.raises(DataError, match=r"shard-00000.parquet: row abc has a corrupt image: decompression_bomb") as err:
         decode_image(row)
+    assert err.value.reason == "decompression_bomb"  # what vq_tokenize records as the row's reason
     assert decode_image({**row, "image": {"bytes": image_bytes(3)}}).mode == "RGB"
