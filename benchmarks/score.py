@@ -5,7 +5,7 @@ Parquet (Arrow rows with encoded image bytes), inside one actor that ran setup()
 bare loop does the same model work (decode, open_clip preprocess, image + text towers, head)
 without our checks, hashing and Arrow bookkeeping.
 
-    python benchmarks/score.py [--small] [--model ViT-L-14 --pretrained FILE] [--device cuda]
+    python benchmarks/score.py [--small] [--model ViT-L-14-quickgelu --pretrained FILE] [--device cuda]
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ def main() -> None:
 
     ctx = StageContext(build_id="bench", seed=0, recipe_dir=tmp, source="bench", task="generation")
     stage = ScoreImages(ScoreConfig(clip_model=name, clip_pretrained=str(weights), clip_config_dir=str(config_dir) if config_dir else None,
+                                    clip_weights="openai" if args.model else "other",  # random-init: no trained activation
                                     batch_size=args.batch, gpus=1.0 if args.device == "cuda" else 0.0, min_aesthetic=0, min_clip_similarity=-1), ctx)
     stage.preflight()
     stage.run(table.slice(0, args.batch))  # setup() + warm-up, as an actor does once

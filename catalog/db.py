@@ -25,8 +25,10 @@ CREATE TABLE IF NOT EXISTS stage_runs (
     rows_in BIGINT, rows_kept BIGINT, rows_filtered BIGINT, rows_failed BIGINT,
     seconds DOUBLE, partitions INTEGER, status VARCHAR, recorded TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS rejections (
-    build_id VARCHAR, source VARCHAR, stage VARCHAR, sample_id VARCHAR, source_key VARCHAR,
+    build_id VARCHAR, source VARCHAR, step INTEGER, stage VARCHAR, sample_id VARCHAR, source_key VARCHAR,
     status VARCHAR, reason VARCHAR, detail VARCHAR);
+-- catalogs written before rejections carried the step gain the column (at the end; inserts name columns)
+ALTER TABLE rejections ADD COLUMN IF NOT EXISTS step INTEGER;
 CREATE TABLE IF NOT EXISTS shards (
     build_id VARCHAR, training_stage VARCHAR, task VARCHAR, source VARCHAR, path VARCHAR,
     rows BIGINT, bytes BIGINT, sha256 VARCHAR);
@@ -72,7 +74,8 @@ class Catalog:
                      rows_read: int, seconds: float) -> dict[str, int]:
         """Count verdicts in a stage's committed work files and copy its rejections."""
         self.con.execute("DELETE FROM stage_runs WHERE build_id = ? AND source = ? AND stage = ? AND step = ?", [build_id, source, stage, step])
-        self.con.execute("DELETE FROM rejections WHERE build_id = ? AND source = ? AND stage = ?", [build_id, source, stage])
+        # keyed by step: a stage used twice in one chain keeps both steps' rejections
+        self.con.execute("DELETE FROM rejections WHERE build_id = ? AND source = ? AND step = ?", [build_id, source, step])
         counts = {"rows_in": 0, "rows_kept": 0, "rows_filtered": 0, "rows_failed": 0}
         if files:
             paths = [str(f) for f in files]
@@ -82,8 +85,9 @@ class Catalog:
             ).fetchone()
             counts = dict(zip(counts, row))
             self.con.execute(
-                "INSERT INTO rejections SELECT ?, ?, ?, sample_id, source_key, status, reason, detail "
-                "FROM read_parquet(?) WHERE status <> 'kept' ORDER BY sample_id", [build_id, source, stage, paths]
+                "INSERT INTO rejections (build_id, source, step, stage, sample_id, source_key, status, reason, detail) "
+                "SELECT ?, ?, ?, ?, sample_id, source_key, status, reason, detail "
+                "FROM read_parquet(?) WHERE status <> 'kept' ORDER BY sample_id", [build_id, source, step, stage, paths]
             )
         self.con.execute(
             "INSERT INTO stage_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'done', ?)",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -11,6 +10,7 @@ import torch
 from PIL import Image, ImageOps
 
 from model.shards import DataError
+from stages.image_checks import ImageRejected, decode
 
 IGNORE = -100  # torch cross_entropy's ignore_index: prompt, image positions and padding
 
@@ -36,16 +36,23 @@ class Example:
         return len(self.image_ids) if self.task == "generation" else sum(1 for t in self.labels if t != IGNORE)
 
 
+class ImageDataError(DataError):
+    """A row's image could not be decoded; `reason` is the decoder's (e.g. `decompression_bomb`)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def decode_image(row: dict[str, Any]) -> Image.Image:
     image = row.get("image") or {}
     data = image.get("bytes")
     if not data:
         raise DataError(f"{row.get('shard')}: row {row['sample_id']} ({row['task']}) has no image bytes")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{row.get('shard')}: row {row['sample_id']} has a corrupt image: {err}") from None
+        return decode(data)  # the project's one decoder: same bomb limit as the data stages
+    except ImageRejected as err:
+        raise ImageDataError(f"{row.get('shard')}: row {row['sample_id']} has a corrupt image: {err.reason}: {err}", err.reason) from None
 
 
 def generation_pixels(images: list[Image.Image], image_processor) -> torch.Tensor:

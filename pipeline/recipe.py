@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
+from pipeline.input_hashes import content_hashes
 from pipeline.schema import TASKS
 from pipeline.yamlfile import describe, read_mapping
 from stages import load_all
@@ -138,10 +139,11 @@ def _check_mix(path: Path, sources: dict[str, SourcePlan], mix: MixConfig) -> No
 
 
 def recipe_hash(file_model: dict[str, Any], inputs: list[Path]) -> str:
-    """Hash of what decides the outputs: the validated recipe and each input file's name and size."""
+    """Hash of what decides the outputs: the validated recipe (with each stage's code version) and
+    each input file's name, size and content hash (cached by size and mtime, see input_hashes)."""
     digest = hashlib.sha256(json.dumps(file_model, sort_keys=True, default=str).encode())
-    for p in inputs:
-        digest.update(f"{p.name}:{p.stat().st_size}".encode())
+    for p, content in zip(inputs, content_hashes(inputs)):
+        digest.update(f"{p.name}:{p.stat().st_size}:{content}".encode())
     return digest.hexdigest()
 
 
@@ -160,7 +162,10 @@ def load_recipe(path: str | Path) -> Recipe:
     _check_mix(path, sources, parsed.mix)
     model = {
         **parsed.model_dump(mode="json", exclude={"sources"}),
-        "sources": {n: {"config": p.config.model_dump(mode="json"), "steps": [s.model_dump(mode="json") for s in p.steps]} for n, p in sources.items()},
+        # `version`: a stage whose code changes what it outputs bumps it, and old partitions are not reused
+        "sources": {n: {"config": p.config.model_dump(mode="json"), "version": SOURCES[p.config.kind].version,
+                        "steps": [{**s.model_dump(mode="json"), "version": STAGES[s.stage].version} for s in p.steps]}
+                    for n, p in sources.items()},
     }
     from stages.base import StageContext
 

@@ -35,14 +35,16 @@ def _trainer():
 
 
 def run_repro(out: Path, recipe: Path, train: bool = True, address: str | None = None) -> Path:
+    # The trainer is imported first: a missing dependency stops the repro before any work, never
+    # after a data build that would then end without training.
+    repro = _trainer() if train else None
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     parsed = load_recipe(recipe)
     build_dir, train_dir, eval_dir = out / "build", out / "train", out / "eval"
-    if not train:
+    if repro is None:
         run_build(parsed, BuildOptions(out=build_dir, address=address))
         return _report(build_dir, out, None)
-    repro = _trainer()
     two_pass = "stage1" in parsed.mix.stages
     log.info("repro 1/5: building %s's stage-I data into %s", parsed.path.name, build_dir)
     run_build(parsed, BuildOptions(out=build_dir, address=address, only="stage1" if two_pass else None))

@@ -110,6 +110,9 @@ class Stage:
     batch_size: ClassVar[int] = 256
     # A global stage sees every kept row's `needs` columns once (plan) before mapping.
     is_global: ClassVar[bool] = False
+    # Bump when a code change alters what the stage outputs: it is part of the recipe hash, so
+    # partitions written by the old code are not resumed as if they were current.
+    version: ClassVar[int] = 1
 
     def __init__(self, config: StageConfig, context: StageContext):
         self.config = config
@@ -178,6 +181,7 @@ class Source:
     name: ClassVar[str]
     Config: ClassVar[type[SourceConfig]] = SourceConfig
     task: ClassVar[str]
+    version: ClassVar[int] = 1  # as Stage.version: bump when the rows it reads change
 
     def __init__(self, config: SourceConfig, context: StageContext):
         self.config = config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -82,8 +83,8 @@ def load_aesthetic_head(path: Path) -> AestheticHead:
     return head.eval()
 
 
-def clip_embed_dim(model_name: str, config_dir: Path | None) -> int:
-    """Embedding size of an open_clip architecture, from its config (nothing is built)."""
+def clip_config(model_name: str, config_dir: Path | None) -> dict:
+    """An open_clip architecture's config (nothing is built)."""
     import open_clip
 
     if config_dir is not None:
@@ -93,7 +94,61 @@ def clip_embed_dim(model_name: str, config_dir: Path | None) -> int:
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:
         raise StageError(f"unknown open_clip model {model_name!r}; known: {', '.join(open_clip.list_models()[:8])} ...")
-    return int(cfg["embed_dim"])
+    return cfg
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """OpenAI released CLIP as TorchScript archives (a zip holding code/ and constants.pkl)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def check_activation(model_name: str, cfg: dict, weights: str) -> None:
+    """OpenAI's CLIP weights were trained with QuickGELU; open_clip's plain configs use GELU.
+
+    The weights load into either without a complaint (the activation has no parameters), so the
+    mismatch only shows as shifted embeddings and a moved aesthetic cut: stop at start-up instead.
+    """
+    if weights != "openai" or cfg.get("quick_gelu"):
+        return
+    import open_clip
+
+    fix = f"{model_name}-quickgelu" if f"{model_name}-quickgelu" in open_clip.list_models() else None
+    raise StageError(
+        f"score_images.clip_model: {model_name!r} uses GELU, but OpenAI's CLIP weights (clip_weights: openai) were "
+        f"trained with QuickGELU; they would load silently and shift every embedding. Use "
+        + (f"clip_model: {fix}" if fix else "an open_clip config with \"quick_gelu\": true")
+        + ", or set clip_weights: other if this file was not trained by OpenAI"
+    )
+
+
+def check_weights_fit(model_name: str, cfg: dict, pretrained: Path, weights: str) -> None:
+    """Known mismatches between a weights file and the config, found without building the model."""
+    if is_torchscript_archive(pretrained):
+        if weights != "openai":
+            raise StageError(
+                f"score_images.clip_weights: {pretrained} is a TorchScript archive, the format OpenAI released CLIP in; "
+                f"set clip_weights: openai (with a -quickgelu clip_model)"
+            )
+        return
+    try:  # mmap: only the header is read, so checking a 1.7 GB file costs milliseconds
+        state = torch.load(pretrained, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise StageError(f"score_images.clip_pretrained: {pretrained} could not be read as torch weights: {err}") from err
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    want = {"text_projection": (1, int(cfg["embed_dim"]), "embedding size (embed_dim)"),
+            "visual.conv1.weight": (0, int(cfg["vision_cfg"].get("width", 0)), "vision width"),
+            "token_embedding.weight": (1, int(cfg["text_cfg"].get("width", 0)), "text width")}
+    for key, (axis, size, what) in want.items():
+        tensor = state.get(key)
+        if tensor is not None and size and tensor.ndim > axis and int(tensor.shape[axis]) != size:
+            raise StageError(
+                f"score_images.clip_pretrained: {pretrained.name} has {what} {int(tensor.shape[axis])} ({key}) but "
+                f"clip_model {model_name!r} has {size}; name the architecture these weights were trained as"
+            )
 
 
 def load_clip(model_name: str, pretrained: Path, config_dir: Path | None, device: str, precision: str = "fp32"):

@@ -1,4 +1,9 @@
-"""Cheap per-image checks before any model runs: decode safely, size, aspect, blankness, pixel hash."""
+"""The project's one image decoder (with the decompression-bomb limit) and cheap per-image checks.
+
+Every place that turns image bytes into pixels (score_images, preprocess_images, imagefolder, the
+trainer's data loader and VQ pre-tokenisation) calls `decode`, so a bomb is refused the same way,
+as `decompression_bomb`, wherever it enters.
+"""
 
 from __future__ import annotations
 

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
 from pydantic import Field, ValidationInfo, field_validator
 
 from pipeline.schema import STATUS_FAILED
 from stages.base import Source, SourceConfig, register, row_tables
+from stages.image_checks import ImageRejected, decode
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jpe"}
 
@@ -92,11 +92,9 @@ class ImageFolder(Source):
             error = ("not_an_image", f"{key}: suffix {file.suffix or 'none'!r}")
         else:
             try:
-                with Image.open(file) as img:
-                    img.load()  # full decode: truncated files fail here
-                    width, height = img.size
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
-                error = ("corrupt_image", f"{key}: {err}"[:500])
+                width, height = decode(file.read_bytes()).size  # full decode: truncated files and bombs fail here
+            except ImageRejected as err:
+                error = (err.reason if err.reason == "decompression_bomb" else "corrupt_image", f"{key}: {err.reason}: {err}"[:500])
         if error:
             row.update(status=STATUS_FAILED, reason=error[0], detail=error[1])
         else:

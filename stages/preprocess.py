@@ -6,11 +6,12 @@ import io
 from typing import Literal
 
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
-from pydantic import Field
+from PIL import Image
+from pydantic import Field, PositiveInt
 
 from pipeline.schema import IMAGE_TYPE, STATUS_FAILED, STATUS_KEPT, conform
 from stages.base import Stage, StageConfig, register, with_verdicts
+from stages.image_checks import PIL_DEFAULT_MAX_PIXELS, ImageRejected, decode
 
 PAD_RGB = (127, 127, 127)
 
@@ -39,13 +40,6 @@ def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:
 MODES = {"understanding": pad_to_square, "generation": resize_center_crop}
 
 
-def decode(data: bytes) -> Image.Image:
-    """Open and fully decode (truncated files fail here, not later in training)."""
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
-
-
 def encode(img: Image.Image, fmt: str, quality: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG" if fmt == "jpg" else "PNG", **({"quality": quality} if fmt == "jpg" else {}))
@@ -57,6 +51,7 @@ class PreprocessConfig(StageConfig):
     resolution: int = Field(384, gt=0)
     format: Literal["jpg", "png"] = "jpg"
     quality: int = Field(95, ge=1, le=100)
+    max_image_pixels: PositiveInt = PIL_DEFAULT_MAX_PIXELS
 
 
 @register
@@ -81,9 +76,11 @@ class PreprocessImages(Stage):
                 verdicts[i] = (STATUS_FAILED, "no_image", "image bytes missing")
                 continue
             try:
-                out = fn(decode(image["bytes"]), cfg.resolution)
-            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-                verdicts[i] = (STATUS_FAILED, "corrupt_image", f"{image.get('path')}: {err}"[:500])
+                out = fn(decode(image["bytes"], cfg.max_image_pixels), cfg.resolution)
+            except ImageRejected as err:
+                # a bomb is named as such; other decode failures keep this stage's `corrupt_image`
+                reason = err.reason if err.reason == "decompression_bomb" else "corrupt_image"
+                verdicts[i] = (STATUS_FAILED, reason, f"{image.get('path')}: {err.reason}: {err}"[:500])
                 continue
             path = image.get("path") or ""
             stem = path.rsplit(".", 1)[0] if "." in path else path

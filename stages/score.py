@@ -11,7 +11,8 @@ from pydantic import Field, PositiveInt
 
 from pipeline.schema import SCORES_TYPE, STATUS_FAILED, STATUS_FILTERED, STATUS_KEPT
 from stages.base import Resources, Stage, StageConfig, StageError, models_root, register, with_verdicts
-from stages.clip_models import LAION_HEAD, clip_embed_dim, head_input_dim, load_aesthetic_head, load_clip, resolve_file, shared_dir
+from stages.clip_models import (LAION_HEAD, check_activation, check_weights_fit, clip_config, head_input_dim, load_aesthetic_head,
+                                load_clip, resolve_file, shared_dir)
 from stages.image_checks import PIL_DEFAULT_MAX_PIXELS, ImageLimits, ImageRejected, check, decode, pixel_hash
 
 EMBEDDING = pa.field("clip_embedding", pa.list_(pa.float32()))  # L2-normalised, for dedup_images
@@ -23,9 +24,13 @@ TINY_CLIP, TINY_CLIP_NAME = "tiny", "tiny-clip-768"
 
 class ScoreConfig(StageConfig):
     stage: Literal["score_images"] = "score_images"
-    clip_model: str = Field("ViT-L-14", description="open_clip architecture name")
-    clip_pretrained: str = Field(description="local open_clip weights file (ViT-L-14 openai for the LAION head), "
+    # OpenAI's ViT-L/14 (what the LAION head was fitted on) uses QuickGELU: open_clip's plain
+    # ViT-L-14 is GELU and would take those weights silently with shifted embeddings.
+    clip_model: str = Field("ViT-L-14-quickgelu", description="open_clip architecture name")
+    clip_pretrained: str = Field(description="local open_clip weights file (OpenAI ViT-L/14 for the LAION head), "
                                  "or `tiny`: a random-init 768-d CLIP built on first use under models_root")
+    clip_weights: Literal["openai", "other"] = Field(
+        "openai", description="who trained clip_pretrained: openai (QuickGELU, needs a -quickgelu clip_model) or other")
     models_root: str | None = Field(None, description="where `tiny` is built (relative to the recipe); default <build>/models")
     clip_config_dir: str | None = Field(None, description="folder of extra open_clip model-config JSONs")
     aesthetic_head: str | None = Field(None, description="head weights; default: shared/" + LAION_HEAD)
@@ -86,10 +91,16 @@ class ScoreImages(Stage):
             from model.tiny_clip import build_tiny_clip
 
             build_tiny_clip(self.pretrained.parent, name=TINY_CLIP_NAME)
+        cfg = clip_config(self.clip_name, self.config_dir)
+        own_tiny = self.config.clip_pretrained == TINY_CLIP  # random-init, built here: no trained activation to match
+        if not own_tiny:
+            check_activation(self.clip_name, cfg, self.config.clip_weights)
         if not self.pretrained.is_file():
             raise StageError(f"score_images.clip_pretrained: weights file not found: {self.pretrained}")
+        if not own_tiny:
+            check_weights_fit(self.clip_name, cfg, self.pretrained, self.config.clip_weights)
         head_dim = head_input_dim(self.head_path)
-        clip_dim = clip_embed_dim(self.clip_name, self.config_dir)
+        clip_dim = int(cfg["embed_dim"])
         if head_dim != clip_dim:
             raise StageError(
                 f"score_images: open_clip model {self.clip_name!r} gives {clip_dim}-d embeddings but the "

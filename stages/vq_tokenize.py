@@ -69,7 +69,8 @@ class VQTokenize(Stage):
                 images.append(decode_image(row))
                 todo.append(i)
             except DataError as err:
-                verdicts[i] = (STATUS_FAILED, "bad_image", str(err)[:500])
+                bomb = getattr(err, "reason", None) == "decompression_bomb"  # named as in every other stage
+                verdicts[i] = (STATUS_FAILED, "decompression_bomb" if bomb else "bad_image", str(err)[:500])
         tokens, grids = batch.column("image_tokens").to_pylist(), batch.column("image_token_grid").to_pylist()
         if todo:
             ids, grid = encode_image_tokens(self.model, generation_pixels(images, self.processor.image_processor))

@@ -2,8 +2,6 @@
 
 import base64
 import os
-import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,13 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import duckdb
 import pyarrow.parquet as pq
-
-try:  # the lead's report module; until it lands, the decorator is all this section needs
-    import pipeline.report  # noqa: F401
-except ImportError:
-    stub = types.ModuleType("pipeline.report")
-    stub.section = lambda title, order=0: (lambda fn: fn)
-    sys.modules["pipeline.report"] = stub
 
 from pipeline.reports import aesthetics  # noqa: E402
 from pipeline.schema import make_rows  # noqa: E402
@@ -46,7 +37,7 @@ class Ctx:
 def test_section_shows_thresholds_reasons_and_images(tmp_path):
     config_dir, weights = make_tiny_clip(tmp_path, "tiny-clip-768", 768)
     ctx = StageContext(build_id="b", seed=0, recipe_dir=tmp_path, source="mj", task="generation")
-    score = ScoreImages(ScoreConfig(clip_model="tiny-clip-768", clip_pretrained=str(weights), clip_config_dir=str(config_dir),
+    score = ScoreImages(ScoreConfig(clip_model="tiny-clip-768", clip_weights="other", clip_pretrained=str(weights), clip_config_dir=str(config_dir),
                                     min_side=32, min_aesthetic=0.0, min_clip_similarity=-1.0), ctx)
     rows = lambda imgs: make_rows([{"task": "generation", "source": "mj", "source_key": f"k{i}", "prompt": "a fox",  # noqa: E731
                                      "image": {"bytes": b, "path": None}} for i, b in enumerate(imgs)])

@@ -69,7 +69,7 @@ def test_exact_duplicates_from_real_scoring(tmp_path):
     assert buf.getvalue() != png
     table = make_rows([{"task": "generation", "source": "s", "source_key": k, "prompt": "a cat", "image": {"bytes": b, "path": None}}
                        for k, b in (("png", png), ("webp", buf.getvalue()), ("other", image_bytes(8)))])
-    score = ScoreImages(ScoreConfig(clip_model="tiny-clip-768", clip_pretrained=str(weights), clip_config_dir=str(config_dir),
+    score = ScoreImages(ScoreConfig(clip_model="tiny-clip-768", clip_weights="other", clip_pretrained=str(weights), clip_config_dir=str(config_dir),
                                     min_side=32, min_aesthetic=0, min_clip_similarity=-1), CTX)
     scored = score.run(table)
     out = run_global(DedupImages(DedupImagesConfig(), CTX), scored, parts=3)

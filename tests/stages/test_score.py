@@ -29,7 +29,7 @@ def clip768(tmp_path_factory):
 
 def make_stage(tmp_path, clip, **overrides):
     config_dir, weights = clip
-    cfg = dict(stage="score_images", clip_model="tiny-clip-768", clip_pretrained=str(weights),
+    cfg = dict(stage="score_images", clip_model="tiny-clip-768", clip_weights="other", clip_pretrained=str(weights),
                clip_config_dir=str(config_dir), min_side=32, min_aesthetic=0.0, min_clip_similarity=-1.0)
     cfg.update(overrides)
     ctx = StageContext(build_id="b", seed=0, recipe_dir=tmp_path, source="synthetic", task="generation")

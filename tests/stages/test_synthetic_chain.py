@@ -24,7 +24,7 @@ def test_chain(tmp_path):
                          for i, p in enumerate(["a fox in snow", "", "a lighthouse at night, oil painting"])])
     gen = GenerateImages(GenerateConfig(model_path="janus", images_per_prompt=2, batch_size=4), ctx).run(prompts)
     assert gen.num_rows == 5 and pc.sum(pc.equal(gen.column("status"), "kept")).as_py() == 4
-    score = ScoreImages(ScoreConfig(clip_model="tiny-clip-768", clip_pretrained="clip/tiny-clip-768.pt", clip_config_dir="clip/configs",
+    score = ScoreImages(ScoreConfig(clip_model="tiny-clip-768", clip_weights="other", clip_pretrained="clip/tiny-clip-768.pt", clip_config_dir="clip/configs",
                                     min_side=32, min_aesthetic=0.0, min_clip_similarity=-1.0), ctx)
     score.preflight()
     scored = score.run(gen)
