@@ -135,3 +135,16 @@ def test_packing_recipe_switch_trains_the_same_step(tmp_path, tiny_dir, tiny_bui
         assert packed[0]["loss"][task] == pytest.approx(value, rel=1e-5)
     assert packed[0]["grad_norm"] == pytest.approx(padded[0]["grad_norm"], rel=1e-4)
     assert load_train_recipe(recipe_file(tmp_path, 2)).batch.packing is False  # default: padded
+
+
+def test_packing_mask_blocks_examples_and_refuses_other_attention_kernels():
+    from model.losses import block_causal_mask
+
+    seq = torch.tensor([[0, 0, 1, 1, 1, -1]])
+    allowed = block_causal_mask(seq, "sdpa", torch.float32)[0, 0]
+    assert allowed.dtype == torch.bool and allowed.diagonal().all()  # padding attends to itself: no empty softmax
+    assert allowed[3].tolist() == [False, False, True, True, False, False]  # own example, causal
+    eager = block_causal_mask(seq, "eager", torch.float32)[0, 0]
+    assert (eager[allowed] == 0).all() and (eager[~allowed] == torch.finfo(torch.float32).min).all()
+    with pytest.raises(ValueError, match="flash_attention_2"):
+        block_causal_mask(seq, "flash_attention_2", torch.float32)
