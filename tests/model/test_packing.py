@@ -148,3 +148,28 @@ def test_packing_mask_blocks_examples_and_refuses_other_attention_kernels():
     assert (eager[allowed] == 0).all() and (eager[~allowed] == torch.finfo(torch.float32).min).all()
     with pytest.raises(ValueError, match="flash_attention_2"):
         block_causal_mask(seq, "flash_attention_2", torch.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_packing_two_ray_workers_match_one_process(fsdp, tmp_path, tiny_dir, tiny_build):
+    """Packed, one row per forward: workers pack to different row counts, yet run the same number
+    of forwards (FSDP syncs on each) and reproduce the single-process packed run."""
+    ray = pytest.importorskip("ray")
+    from model.distributed import run_distributed
+
+    # tiny_build stage2, step 2: the two workers pack their 8 rows into 3 and 4 rows of 256
+    path = recipe_file(tmp_path, 2, schedule__steps=2, batch__micro=1, batch__packing=True, fsdp=fsdp)
+    recipe = load_train_recipe(path, data=tiny_build, init=tiny_dir)
+    Trainer(recipe, tmp_path / "one").train()
+    try:
+        run_distributed(recipe, tmp_path / "two", resume=False, workers=2, use_gpu=False)
+    finally:
+        ray.shutdown()
+    one = [json.loads(line) for line in (tmp_path / "one" / "train.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two" / "train.jsonl").read_text().splitlines()]
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        assert a["rows"] == b["rows"] and (a["workers"], b["workers"]) == (1, 2)
+        for task in a["loss"]:
+            assert b["loss"][task] == pytest.approx(a["loss"][task], rel=1e-4)
