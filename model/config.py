@@ -132,7 +132,9 @@ class TrainRecipe(_Strict):
     checkpoint_every: PositiveInt = 1000
     keep_checkpoints: PositiveInt = 2
     workers: PositiveInt = 1
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    # The compute dtype only: weights, gradients and AdamW state are fp32 whatever the checkpoint's
+    # dtype (model/train.py); bf16 runs the forward under torch.autocast.
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="compute dtype: fp32, or bf16 autocast over fp32 weights")
     fsdp: bool = False  # shard parameters (7B); DDP otherwise
     samples: SamplesConfig = SamplesConfig()
     eval: EvalConfig = EvalConfig()

@@ -34,8 +34,8 @@ class World:
 
 
 def autocast(precision: str, device: torch.device):
-    """bf16 autocast on GPUs (auto), fp32 on CPU unless the recipe asks for bf16."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+    """The recipe's compute dtype: bf16 autocast over the fp32 weights, or plain fp32."""
+    if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

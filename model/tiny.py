@@ -268,7 +268,11 @@ def resolve_recipe_model(value: str, recipe_dir: Path, models_root: Path) -> Pat
 
 
 def load_janus(local_dir: str | Path, dtype: torch.dtype | None = None):
-    """Load (model, processor) from a local dir: the one path for tiny and real checkpoints."""
+    """Load (model, processor) from a local dir: the one path for tiny and real checkpoints.
+
+    dtype None keeps the checkpoint's own dtype (bf16 for the published Janus-Pro weights), which
+    suits inference; the trainer asks for torch.float32 (model/train.py, MASTER_DTYPE).
+    """
     path = check_model_dir(local_dir)
     kwargs = {"local_files_only": True}
     model = JanusForConditionalGeneration.from_pretrained(path, dtype=dtype, **kwargs)

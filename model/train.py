@@ -27,6 +27,13 @@ from pipeline.schema import TASKS
 
 log = logging.getLogger("janus_forge.train")
 
+# Weights, gradients and AdamW state are fp32 whatever dtype the checkpoint was saved in: the
+# published Janus-Pro weights are bf16, whose 8-bit mantissa cannot hold stage III's 4e-5 step for
+# most weights (it rounds away). The recipe's `precision` is only the compute dtype (autocast).
+# Checkpoints and final/ are written from these weights, so they are fp32 too: a resume continues
+# exactly, and the next stage starts from what this one trained.
+MASTER_DTYPE = torch.float32
+
 
 class TrainingError(RuntimeError):
     """Training stopped; the message says why and which checkpoint is the last good one."""
@@ -72,7 +79,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.out, keep=recipe.keep_checkpoints)
         resume_from = self.checkpointer.latest() if resume else None
         torch.manual_seed(recipe.seed)
-        self.model, self.processor = load_janus(resume_from or resolve_init(recipe.init))
+        self.model, self.processor = load_janus(resume_from or resolve_init(recipe.init), dtype=MASTER_DTYPE)
         self.trainable = apply_freezing(self.model, recipe.trainable)
         log.info("stage %s trains %s", recipe.stage, {g: n for g, n in self.trainable.items() if n})
         self.module = parallelize(JanusLoss(self.model, touch_all=recipe.fsdp and self.world.size > 1), self.world, recipe.fsdp)
@@ -179,7 +186,7 @@ class Trainer:
 
             save_loss_plot(self.out / "train.jsonl", self.out / "loss.png", self.recipe.name)
             # Sharded (FSDP) weights are not whole on any rank: sample from the saved final model then.
-            model = load_janus(final)[0].to(self.world.device) if self.recipe.fsdp and self.world.size > 1 else self.model
+            model = load_janus(final, dtype=MASTER_DTYPE)[0].to(self.world.device) if self.recipe.fsdp and self.world.size > 1 else self.model
             write_samples(model, self.processor, self.recipe, self.shards, self.out / "samples", self.world.device)
             (self.out / "summary.json").write_text(json.dumps(summary(self.out / "train.jsonl", self.recipe), indent=2))
         return final

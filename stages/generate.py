@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,10 @@ class GenerateConfig(StageConfig):
     models_root: str | None = Field(None, description="where named models live (relative to the recipe); default <build>/models")
     revision: str | None = Field(None, description="recorded in lineage; default: a content id of the dir")
     images_per_prompt: PositiveInt = 4
+    render: Literal["prompt", "subject"] = Field(
+        "prompt", description="what the model is given: the whole prompt, or its subject clause (the text before the "
+        "first ',' or '::', as Midjourney prompts lead with it) for a teacher that knows no style words; the row keeps "
+        "the whole prompt as its caption either way")
     # Janus-Pro inference defaults (deepseek-ai/Janus): CFG 5, temperature 1, 576 tokens at 384 px
     guidance_scale: float = Field(5.0, ge=0.0)
     temperature: float = Field(1.0, ge=0.0, description="janus: sampling temperature (0 = greedy)")
@@ -129,7 +134,8 @@ class GenerateImages(Stage):
         widths, heights, lineages = [r.get("width") for r in rows], [r.get("height") for r in rows], [r.get("lineage") for r in rows]
         if todo:
             start = time.perf_counter()
-            pils = self.backend.generate([rows[i]["prompt"] for i in todo], [rows[i]["lineage"]["seed"] for i in todo])
+            texts = [self.rendered_text(rows[i]["prompt"]) for i in todo]
+            pils = self.backend.generate(texts, [rows[i]["lineage"]["seed"] for i in todo])
             self.calls += 1
             seconds = (time.perf_counter() - start) / len(todo)
             for i, img in zip(todo, pils):
@@ -142,6 +148,11 @@ class GenerateImages(Stage):
             out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, typ))
         return out
 
+    def rendered_text(self, prompt: str) -> str:
+        if self.config.render == "prompt":
+            return prompt
+        return re.split(r",|::", prompt, maxsplit=1)[0].strip() or prompt
+
     def encode(self, img) -> bytes:
         buf = io.BytesIO()
         fmt = FORMATS[self.config.image_format]
@@ -152,7 +163,7 @@ class GenerateImages(Stage):
         c = self.config
         params = {**json.loads(planned["params"]), "backend": c.backend, "model_path": str(self.model_dir), "revision": self.revision,
                   **{k: v for k, v in self.sampling().items() if v is not None}, "dtype": c.dtype,
-                  "format": c.image_format, "quality": c.quality, "seconds": round(seconds, 4)}
+                  "format": c.image_format, "quality": c.quality, "render": c.render, "seconds": round(seconds, 4)}
         params.update(self.backend.describe())
         return {**planned, "generator": f"{c.backend}:{self.model_dir}@{self.revision}", "params": json.dumps(params, sort_keys=True)}
 

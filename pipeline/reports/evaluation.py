@@ -145,7 +145,8 @@ def render(ctx) -> str | None:
             parts.append(sample_grid(ctx, eval_dir, stage, evals[stage]))
     signal = synthetic_signal(Path(ctx.build_dir))
     if signal:
-        parts += ["<p>The synthetic share carries signal: the stage-I teacher rendered the Midjourney-style prompts; "
-                  "the checker's pass rate on what the aesthetic filter kept and rejected:</p>",
+        parts += ["<p>The synthetic share carries signal: the stage-I teacher rendered the Midjourney-style prompts "
+                  "(their subject clause where the recipe says <code>render: subject</code>); the checker's pass rate on "
+                  "what the aesthetic filter kept and rejected, against the prompt's own wording:</p>",
                   ctx.table(["source", "rows", "images", "checker pass rate"], signal)]
     return "\n".join(parts)

@@ -67,6 +67,18 @@ def test_fan_out_images_lineage_and_bad_prompts(janus_dir):
     assert not np.array_equal(imgs[0], imgs[1])  # different seeds, different images
 
 
+def test_render_subject_gives_the_model_the_subject_clause_only(janus_dir):
+    styled = make_stage(janus_dir, images_per_prompt=1, image_format="png", render="subject")
+    plain = make_stage(janus_dir, images_per_prompt=1, image_format="png")
+    [a, b] = styled.run(prompt_rows("a red square, oil painting, golden hour", "two blue circles:: neon glow")).to_pylist()
+    [c, d] = plain.run(prompt_rows("a red square", "two blue circles")).to_pylist()
+    # same keys, so same seeds: the styled rows are the subject's images, captioned with the whole prompt
+    assert np.array_equal(pixels(a), pixels(c)) and np.array_equal(pixels(b), pixels(d))
+    assert a["prompt"] == "a red square, oil painting, golden hour" and json.loads(a["lineage"]["params"])["render"] == "subject"
+    [e] = plain.run(prompt_rows("a red square, oil painting, golden hour")).to_pylist()
+    assert not np.array_equal(pixels(a), pixels(e))
+
+
 def test_same_image_whatever_the_batching(janus_dir):
     prompts = ("a red fox in snow, watercolor", "a castle at dusk", "neon city street, rain")
     together = make_stage(janus_dir, batch_size=8, image_format="png").run(prompt_rows(*prompts)).to_pylist()
