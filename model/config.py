@@ -67,6 +67,9 @@ class ScheduleConfig(_Strict):
 class BatchConfig(_Strict):
     size: PositiveInt = Field(description="global batch: rows per optimizer step")
     micro: PositiveInt = Field(description="rows per forward/backward on one worker")
+    # Paper §3.1: pack several examples per row up to data.max_seq_len (block-diagonal attention,
+    # per-example positions); `micro` then counts packed rows. Off: one example per padded row.
+    packing: bool = False
 
     @model_validator(mode="after")
     def _divides(self) -> BatchConfig:

@@ -1,4 +1,13 @@
-"""Shard rows -> token/image examples per task -> padded micro-batches (with CFG prompt drop)."""
+"""Shard rows -> token/image examples per task -> micro-batches (with CFG prompt drop).
+
+Two layouts of the same examples (`batch.packing` in the recipe picks one):
+- padded (`collate`): one example per row, right-padded to the longest row of the micro-batch;
+- packed (`collate_packed`, paper §3.1 "sequence packing"): several examples per row, up to
+  `max_seq_len` positions, placed by best-fit decreasing. Each example keeps its own position ids
+  (0, 1, ...) and a `sequence_ids` row tells the loss which positions may attend to which (a
+  block-diagonal causal mask, model/losses.py), so a packed example sees exactly what it would see
+  alone. Packing changes the layout only: a step trains on the same rows either way.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from model.shards import DataError
+from pipeline.schema import TASKS
 from stages.image_checks import ImageRejected, decode
 
 IGNORE = -100  # torch cross_entropy's ignore_index: prompt, image positions and padding
@@ -154,42 +164,143 @@ class Encoder:
 
 @dataclass
 class MicroBatch:
-    """Right-padded tensors for one forward; `gen_*` mark positions fed/predicted by the image path."""
+    """Tensors for one forward; `gen_*` mark positions fed/predicted by the image path."""
 
     input_ids: torch.Tensor  # [B, T]
-    attention_mask: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T] 1 = a real position, 0 = padding
     labels: torch.Tensor  # [B, T] text targets, unshifted (HF convention)
     gen_inputs: torch.Tensor  # [B, T] VQ id whose generation embedding goes at this position, -1 = none
     gen_targets: torch.Tensor  # [B, T] VQ id predicted from this position's hidden state, IGNORE = none
-    pixel_values: torch.Tensor | None  # [n_und_rows, 3, H, W] in row order
-    tasks: list[str]
+    pixel_values: torch.Tensor | None  # [n_und_examples, 3, H, W] in the order their placeholders appear
+    tasks: list[str]  # task of each example, in layout order
+    task_ids: torch.Tensor  # [B, T] TASKS index of the example owning each position, -1 = padding
+    # Packed layout only (None when padded): per-example positions and which example owns a position.
+    position_ids: torch.Tensor | None = None  # [B, T] restarts at 0 for every example
+    sequence_ids: torch.Tensor | None = None  # [B, T] example index within the row, -1 = padding
 
     def to(self, device: torch.device) -> MicroBatch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return MicroBatch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.gen_inputs),
-                          move(self.gen_targets), move(self.pixel_values), self.tasks)
+                          move(self.gen_targets), move(self.pixel_values), self.tasks, move(self.task_ids),
+                          move(self.position_ids), move(self.sequence_ids))
+
+    @property
+    def packed(self) -> bool:
+        return self.sequence_ids is not None
 
 
-def collate(examples: list[Example], pad_id: int, image_processor) -> MicroBatch:
-    width = max(ex.length for ex in examples)
-    shape = (len(examples), width)
+def _layout(rows: list[list[Example]], pad_id: int, image_processor, packed: bool) -> MicroBatch:
+    """Place each row's examples one after another from position 0, pad the rest."""
+    width = max(sum(ex.length for ex in row) for row in rows)
+    shape = (len(rows), width)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
     attention = torch.zeros(shape, dtype=torch.long)
     labels = torch.full(shape, IGNORE, dtype=torch.long)
     gen_inputs = torch.full(shape, -1, dtype=torch.long)
     gen_targets = torch.full(shape, IGNORE, dtype=torch.long)
-    for i, ex in enumerate(examples):
-        n = len(ex.input_ids)
-        input_ids[i, :n] = torch.tensor(ex.input_ids)
-        labels[i, :n] = torch.tensor(ex.labels)
-        attention[i, : ex.length] = 1
-        if ex.image_ids:
-            ids = torch.tensor(ex.image_ids)
-            gen_inputs[i, n : n + len(ids) - 1] = ids[:-1]
-            gen_targets[i, n - 1 : n - 1 + len(ids)] = ids  # BOI predicts the first id
+    task_ids = torch.full(shape, -1, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    sequence_ids = torch.full(shape, -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        start = 0
+        for k, ex in enumerate(row):
+            n, end = len(ex.input_ids), start + ex.length
+            input_ids[i, start : start + n] = torch.tensor(ex.input_ids)
+            labels[i, start : start + n] = torch.tensor(ex.labels)
+            # Position `start - 1` (the previous example's last) scores labels[start]: never a target,
+            # so no loss crosses from one example into the next.
+            labels[i, start] = IGNORE
+            attention[i, start:end] = 1
+            task_ids[i, start:end] = TASKS.index(ex.task)
+            position_ids[i, start:end] = torch.arange(ex.length)
+            sequence_ids[i, start:end] = k
+            if ex.image_ids:
+                ids = torch.tensor(ex.image_ids)
+                gen_inputs[i, start + n : start + n + len(ids) - 1] = ids[:-1]
+                gen_targets[i, start + n - 1 : start + n - 1 + len(ids)] = ids  # BOI predicts the first id
+            start = end
+        # Padding continues the positions of a block of its own: it attends only to itself.
+        position_ids[i, start:] = torch.arange(width - start)
+    examples = [ex for row in rows for ex in row]
     images = [ex.image for ex in examples if ex.task == "understanding"]
     pixels = image_processor(images=images, return_tensors="pt")["pixel_values"] if images else None
-    return MicroBatch(input_ids, attention, labels, gen_inputs, gen_targets, pixels, [ex.task for ex in examples])
+    tasks = [ex.task for ex in examples]
+    if not packed:
+        return MicroBatch(input_ids, attention, labels, gen_inputs, gen_targets, pixels, tasks, task_ids)
+    return MicroBatch(input_ids, attention, labels, gen_inputs, gen_targets, pixels, tasks, task_ids,
+                      position_ids, sequence_ids)
+
+
+def collate(examples: list[Example], pad_id: int, image_processor) -> MicroBatch:
+    """Padded layout: one example per row, right-padded to the longest."""
+    return _layout([[ex] for ex in examples], pad_id, image_processor, packed=False)
+
+
+def collate_packed(packs: list[list[Example]], pad_id: int, image_processor) -> MicroBatch:
+    """Packed layout: each inner list is one row (see `pack`), right-padded to the fullest row."""
+    return _layout(packs, pad_id, image_processor, packed=True)
+
+
+def pack(examples: list[Example], capacity: int) -> list[list[Example]]:
+    """Best-fit decreasing: longest example first, into the open row it fills most tightly.
+
+    Deterministic (ties keep input order). Every example lands in exactly one row; an example
+    longer than `capacity` cannot happen (Encoder._fit truncates or rejects at max_seq_len).
+    """
+    for ex in examples:
+        if ex.length > capacity:
+            raise DataError(f"row {ex.sample_id} ({ex.task}) needs {ex.length} positions > pack length {capacity}")
+    return [[examples[i] for i in row] for row in pack_lengths([ex.length for ex in examples], capacity)]
+
+
+def pack_lengths(lengths: list[int], capacity: int) -> list[list[int]]:
+    """`pack` on bare lengths: rows of indices into `lengths`."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):  # sorted() is stable
+        fits = [r for r, room in enumerate(free) if room >= lengths[i]]
+        if fits:
+            best = min(fits, key=lambda r: free[r])
+            rows[best].append(i)
+            free[best] -= lengths[i]
+        else:
+            rows.append([i])
+            free.append(capacity - lengths[i])
+    return rows
+
+
+def micro_batches(examples: list[Example], micro: int, pad_id: int, image_processor,
+                  pack_len: int | None = None, count: int | None = None) -> list[MicroBatch]:
+    """One worker's share of a step as micro-batches.
+
+    Padded: `micro` examples per micro-batch, similar lengths grouped (less padding). Packed
+    (`pack_len` = max_seq_len): at most `micro` rows of up to `pack_len` positions per
+    micro-batch, so a forward never holds more than micro x max_seq_len positions, the padded
+    layout's worst case. `count` (packed) spreads the rows over exactly that many micro-batches:
+    workers pack to different row counts, and FSDP needs every worker to run the same number of
+    forwards (see `packed_micro_count`). The step loss uses global normalisers, so neither
+    grouping changes it (model/losses.py).
+    """
+    if pack_len is None:
+        ordered = sorted(examples, key=lambda ex: (ex.length, ex.task))
+        return [collate(ordered[i : i + micro], pad_id, image_processor) for i in range(0, len(ordered), micro)]
+    rows = pack(examples, pack_len)
+    count = count or -(-len(rows) // micro)
+    if count * micro < len(rows) or count > len(examples):
+        raise ValueError(f"{len(examples)} examples in {len(rows)} packed rows cannot make {count} micro-batches of <= {micro} rows")
+    while len(rows) < count:  # fewer rows than forwards: split the fullest row in two
+        big = max(range(len(rows)), key=lambda i: len(rows[i]))
+        row = rows.pop(big)
+        rows[big:big] = [row[: len(row) // 2], row[len(row) // 2 :]]
+    sizes = [len(rows) // count + (k < len(rows) % count) for k in range(count)]
+    starts = [sum(sizes[:k]) for k in range(count)]
+    return [collate_packed(rows[a : a + n], pad_id, image_processor) for a, n in zip(starts, sizes)]
+
+
+def packed_micro_count(per_worker: list[list[int]], micro: int, pack_len: int) -> int:
+    """Micro-batches each worker runs in a packed step (from every worker's example lengths):
+    enough for the worker with the most rows. Every worker computes the same number."""
+    return max(-(-len(pack_lengths(lengths, pack_len)) // micro) for lengths in per_worker)
 
 
 def fill_image_ids(examples: list[Example], image_processor, encode: Callable[[torch.Tensor], torch.Tensor]) -> None:

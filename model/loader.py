@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from model.data import Encoder, MicroBatch, collate, fill_image_ids
+from model.data import Encoder, MicroBatch, fill_image_ids, micro_batches, packed_micro_count
 from model.shards import ShardSet
 
 
@@ -28,10 +28,12 @@ class Loader:
     """Iterates StepData from `start_step`; a daemon thread keeps `prefetch` steps ready."""
 
     def __init__(self, shards: ShardSet, encoder: Encoder, image_processor, encode_ids: Callable[[torch.Tensor], torch.Tensor],
-                 batch_size: int, micro: int, rank: int, world: int, start_step: int, prefetch: int = 2):
+                 batch_size: int, micro: int, rank: int, world: int, start_step: int, prefetch: int = 2,
+                 pack_len: int | None = None):
         self.shards, self.encoder, self.image_processor, self.encode_ids = shards, encoder, image_processor, encode_ids
         self.batch_size, self.micro, self.rank, self.world = batch_size, micro, rank, world
         self.start_step = start_step
+        self.pack_len = pack_len  # packed layout to this many positions per row; None = padded
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, name="janus-loader", daemon=True)
@@ -49,9 +51,15 @@ class Loader:
         for ex in examples:
             targets[ex.task] += ex.targets if (ex.task != "generation" or ex.image_ids) else self.encoder.num_image_tokens
         # The step loss does not depend on how rows are split into micro-batches (global
-        # normalisers), so group similar lengths: less padding than the mixed training order.
-        own = sorted(own, key=lambda ex: (ex.length, ex.task))
-        micro = [collate(own[i : i + self.micro], self.encoder.pad, self.image_processor) for i in range(0, len(own), self.micro)]
+        # normalisers), so rows are grouped (padded) or packed for the least padding.
+        count = None
+        if self.pack_len is not None:  # every worker packs every worker's share: same forward count on all
+            # Other workers' generation rows may still lack their VQ ids: count them at full length.
+            lengths = [ex.length if ex.task != "generation" or ex.image_ids else len(ex.input_ids) + self.encoder.num_image_tokens - 1
+                       for ex in examples]
+            count = packed_micro_count([lengths[r * per_rank : (r + 1) * per_rank] for r in range(self.world)],
+                                       self.micro, self.pack_len)
+        micro = micro_batches(own, self.micro, self.encoder.pad, self.image_processor, self.pack_len, count)
         return StepData(step, first, dict(Counter(ex.task for ex in examples)), dict(targets),
                         sum(ex.length for ex in examples), micro)
 

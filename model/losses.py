@@ -5,6 +5,26 @@ generation embeddings -> generation aligner -> LLM -> generation head) is writte
 forward serves a mixed micro-batch: understanding images are scattered into their placeholder
 positions, generation ids are embedded after the BOI token, and each position is scored by the
 head of its task.
+
+Packed micro-batches (model/data.py) carry several examples per row: each keeps its own position
+ids, and attention is block-diagonal causal (a position sees earlier positions of its own example
+only), so every example's hidden states, and so its loss, are those of the example run alone.
+
+Loss normalisation. The step loss is
+
+    L = sum over tasks t of  w_t * (sum of token CE of task t) / N_t
+
+with w_t = the task's share of the step's rows (the recipe ratio, exact per step) and N_t = the
+target tokens of task t in the whole global batch (answer tokens for understanding, all tokens
+after BOS for text, the image ids for generation). Within a task this is the paper's token-level
+objective: every target token counts the same, whatever row, micro-batch, worker or pack it sits
+in. Across tasks it is not a plain token mean: that would weight a task by its target tokens, and
+a generation row (576 image ids at 384 px) outweighs an understanding answer (tens of tokens)
+some twentyfold, so the gradient would no longer follow the data ratio the paper tunes per stage
+(Table 2). The paper states the objective as next-token cross-entropy and the ratios as data
+ratios, and does not publish how the task terms are reduced (the released Janus code has no
+trainer); weighting each task's token mean by its row share keeps the ratio meaningful and
+makes the loss independent of layout (padding, packing, micro-batch split).
 """
 
 from __future__ import annotations
@@ -14,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.data import IGNORE, MicroBatch
+from pipeline.schema import TASKS
 
 TaskSums = dict[str, tuple[torch.Tensor, torch.Tensor]]  # task -> (sum of token CE, token count)
 
@@ -40,7 +61,11 @@ class JanusLoss(nn.Module):
         if gen_slots.any():
             gen = self.model.prepare_embeddings_for_image_generation(mb.gen_inputs[gen_slots])
             embeds = embeds.masked_scatter(gen_slots.unsqueeze(-1), gen.to(embeds.dtype))
-        hidden = inner(inputs_embeds=embeds, attention_mask=mb.attention_mask).last_hidden_state
+        if mb.packed:
+            mask = block_causal_mask(mb.sequence_ids, inner.language_model.config._attn_implementation, embeds.dtype)
+            hidden = inner(inputs_embeds=embeds, attention_mask=mask, position_ids=mb.position_ids).last_hidden_state
+        else:
+            hidden = inner(inputs_embeds=embeds, attention_mask=mb.attention_mask).last_hidden_state
         out = task_losses(self.model, hidden, mb)
         if self.touch_all:
             zero = self._unused_paths(mb, hidden)
@@ -63,10 +88,26 @@ class JanusLoss(nn.Module):
         return sum(terms, hidden.new_zeros(())) * 0.0
 
 
+def block_causal_mask(sequence_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1, T, T] mask for a packed batch: position q sees key k iff k <= q in the same example.
+
+    transformers uses a 4D mask as given. sdpa takes it as bool (True = attend); eager adds it
+    to the scores, so it gets 0 / dtype-min. Padding is one block of its own (sequence id -1):
+    every row of the mask keeps at least its diagonal, so no softmax runs over nothing.
+    """
+    same = sequence_ids[:, :, None] == sequence_ids[:, None, :]
+    width = sequence_ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=sequence_ids.device).tril()
+    allowed = (same & causal)[:, None]
+    if attn_implementation == "sdpa":
+        return allowed
+    if attn_implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    raise ValueError(f"batch.packing supports attn_implementation 'sdpa' or 'eager', the model uses {attn_implementation!r}")
+
+
 def task_losses(model: nn.Module, hidden: torch.Tensor, mb: MicroBatch) -> TaskSums:
     """Token CE summed per task. Only scored positions go through the (100K-wide) heads."""
-    tasks = sorted(set(mb.tasks))
-    row_task = torch.tensor([tasks.index(t) for t in mb.tasks], device=hidden.device)
     out: TaskSums = {}
     # Text: position t predicts labels[t + 1] (answers of understanding rows, all of a text row).
     targets = mb.labels[:, 1:]
@@ -74,18 +115,18 @@ def task_losses(model: nn.Module, hidden: torch.Tensor, mb: MicroBatch) -> TaskS
     if scored.any():
         logits = model.lm_head(hidden[:, :-1][scored]).float()
         ce = F.cross_entropy(logits, targets[scored], reduction="none")
-        _add(out, tasks, row_task[:, None].expand_as(targets)[scored], ce)
+        _add(out, mb.task_ids[:, 1:][scored], ce)
     # Generation: position t (BOI, then each fed VQ id) predicts gen_targets[t].
     scored = mb.gen_targets != IGNORE
     if scored.any():
         logits = model.model.generation_head(hidden[scored]).float()
         ce = F.cross_entropy(logits, mb.gen_targets[scored], reduction="none")
-        _add(out, tasks, row_task[:, None].expand_as(mb.gen_targets)[scored], ce)
+        _add(out, mb.task_ids[scored], ce)
     return out
 
 
-def _add(out: TaskSums, tasks: list[str], task_of_token: torch.Tensor, ce: torch.Tensor) -> None:
-    for i, task in enumerate(tasks):
+def _add(out: TaskSums, task_of_token: torch.Tensor, ce: torch.Tensor) -> None:
+    for i, task in enumerate(TASKS):
         sel = task_of_token == i
         if sel.any():
             total, count = out.get(task, (ce.new_zeros(()), ce.new_zeros(())))
@@ -96,7 +137,7 @@ def combine(sums: TaskSums, weights: dict[str, float], counts: dict[str, int]) -
     """Step loss = sum_task w_task * (token-mean CE of the task over the whole global batch).
 
     `counts` are the global batch's target tokens per task, so splitting the batch into
-    micro-batches or workers does not change the gradient.
+    micro-batches, workers or packs does not change the gradient (see the module docstring).
     """
     total = None
     for task, (ce_sum, _) in sums.items():

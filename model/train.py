@@ -121,7 +121,8 @@ class Trainer:
         device = self.world.device
         encode_ids = lambda px: encode_image_tokens(self.model, px.to(device))[0].cpu()  # noqa: E731
         return Loader(self.shards, self.encoder, self.processor.image_processor, encode_ids, self.recipe.batch.size,
-                      self.recipe.batch.micro, self.world.rank, self.world.size, start)
+                      self.recipe.batch.micro, self.world.rank, self.world.size, start,
+                      pack_len=self.recipe.data.max_seq_len if self.recipe.batch.packing else None)
 
     def train_step(self, data: StepData, data_wait: float) -> dict:
         started = time.perf_counter()
