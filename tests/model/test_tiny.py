@@ -101,7 +101,10 @@ def test_encode_decode_shapes(tiny):
     assert int(ids.max()) < model.config.vq_config.num_embeddings
     decoded = decode_to_pil(model, ids)
     assert [im.size for im in decoded] == [(32, 32)] * 3
-    assert decode_to_pil(model, ids[:1])[0].tobytes() == decoded[0].tobytes()  # batch-independent
+    # batch-independent, up to batched float sums rounding a pixel level now and then
+    alone = np.asarray(decode_to_pil(model, ids[:1])[0], dtype=int)
+    diff = np.abs(alone - np.asarray(decoded[0], dtype=int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_missing_dir_error(tmp_path):
