@@ -202,3 +202,14 @@ def test_draw_samples_from_the_softmax():
 def test_compile_is_a_janus_option():
     with pytest.raises(ValidationError, match="compile applies to the janus backend only"):
         GenerateConfig(model_path="x", backend="diffusers", compile=True)
+
+
+def test_compiled_engine_draws_the_same_ids(janus_dir):
+    from model.tiny import load_janus
+
+    model, processor = load_janus(janus_dir)
+    prompts, seeds = ["a red fox in snow, watercolor", "a castle at dusk"], [1, 2]
+    eager = ImageTokenSampler(model, processor).sample(prompts, seeds)
+    compiled = ImageTokenSampler(model, processor, compile=True)
+    assert compiled.sample(prompts, seeds).tolist() == eager.tolist()
+    assert compiled.sample(prompts[1:], seeds[1:]).tolist() == eager[1:].tolist()  # another batch shape
