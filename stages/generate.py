@@ -44,6 +44,7 @@ class GenerateConfig(StageConfig):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gpus: float = Field(0.0, ge=0.0, description="GPUs per actor (0 on a CPU machine)")
     actors: PositiveInt = 1
+    compile: bool | None = Field(None, description="janus: torch.compile the decode step (static KV cache); default: on when the actor has a GPU")
 
     @field_validator("backend")
     @classmethod
@@ -59,6 +60,8 @@ class GenerateConfig(StageConfig):
             for name in ("width", "height", "steps"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name} does not apply to the janus backend (its size and token count come from the model)")
+        elif self.compile:
+            raise ValueError(f"compile applies to the janus backend only, not {self.backend!r}")
         return self
 
 
@@ -73,7 +76,7 @@ class GenerateImages(Stage):
     name = "generate_images"
     Config = GenerateConfig
     needs = ("prompt",)
-    adds = ("image", "width", "height", "lineage")
+    adds = ("image", "width", "height", "image_tokens", "image_token_grid", "lineage")
 
     def __init__(self, config: GenerateConfig, context):
         super().__init__(config, context)
@@ -99,7 +102,9 @@ class GenerateImages(Stage):
     def setup(self) -> None:
         self.preflight()
         device = "cuda" if self.config.gpus > 0 and torch.cuda.is_available() else "cpu"
-        self.backend = self.backend_cls(self.model_dir, device, self.config.dtype, self.sampling())
+        # compiling pays off on a GPU (per-step launch overhead); on CPU it only adds start-up time
+        compile = self.config.compile if self.config.compile is not None else device == "cuda"
+        self.backend = self.backend_cls(self.model_dir, device, self.config.dtype, self.sampling(), compile=compile)
         self.backend.load()
         self.revision = self.config.revision or dir_revision(self.model_dir)
 
@@ -132,18 +137,22 @@ class GenerateImages(Stage):
             todo.append(i)
         images = [r.get("image") for r in rows]
         widths, heights, lineages = [r.get("width") for r in rows], [r.get("height") for r in rows], [r.get("lineage") for r in rows]
+        tokens, grids = [r.get("image_tokens") for r in rows], [r.get("image_token_grid") for r in rows]
         if todo:
             start = time.perf_counter()
             texts = [self.rendered_text(rows[i]["prompt"]) for i in todo]
-            pils = self.backend.generate(texts, [rows[i]["lineage"]["seed"] for i in todo])
+            out = self.backend.render(texts, [rows[i]["lineage"]["seed"] for i in todo])
             self.calls += 1
             seconds = (time.perf_counter() - start) / len(todo)
-            for i, img in zip(todo, pils):
+            for k, (i, img) in enumerate(zip(todo, out.images)):
                 images[i] = {"bytes": self.encode(img), "path": None}
                 widths[i], heights[i] = img.width, img.height
                 lineages[i] = self.lineage(rows[i]["lineage"], seconds)
+                if out.image_tokens is not None:  # the sampled ids themselves: vq_tokenize need not re-encode the lossy image
+                    tokens[i], grids[i] = out.image_tokens[k].tolist(), list(out.grid)
         out = with_verdicts(batch, verdicts)
         for name, values, typ in (("image", images, IMAGE_TYPE), ("width", widths, pa.int32()), ("height", heights, pa.int32()),
+                                  ("image_tokens", tokens, pa.list_(pa.int32())), ("image_token_grid", grids, pa.list_(pa.int32())),
                                   ("lineage", lineages, LINEAGE_TYPE)):
             out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, typ))
         return out

@@ -1,14 +1,15 @@
-"""Text-to-image backends behind one small interface: (prompts, per-image seeds) -> PIL images."""
+"""Text-to-image backends behind one small interface: (prompts, per-image seeds) -> PIL images,
+plus the VQ ids they were decoded from where the backend samples ids (janus)."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
-from transformers import LogitsProcessor, LogitsProcessorList
 
 from stages.base import StageError
 
@@ -32,13 +33,23 @@ def dir_revision(model_dir: Path) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
+@dataclass
+class Rendered:
+    """A batch's images, and (janus) the VQ ids [B, h*w] they were decoded from with their grid."""
+
+    images: list[Image.Image]
+    image_tokens: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+
+
 class Backend:
-    """Loads one model from a local dir on one device; `generate` is deterministic per seed."""
+    """Loads one model from a local dir on one device; `render` is deterministic per seed."""
 
     name: ClassVar[str]
 
-    def __init__(self, model_dir: Path, device: str, dtype: str, sampling: dict[str, Any]):
+    def __init__(self, model_dir: Path, device: str, dtype: str, sampling: dict[str, Any], compile: bool = False):
         self.model_dir, self.device, self.dtype, self.sampling = model_dir, device, DTYPES[dtype], sampling
+        self.compile = compile
 
     @classmethod
     def resolve(cls, model_path: str, recipe_dir: Path, models_root: Path) -> Path:
@@ -55,32 +66,15 @@ class Backend:
     def load(self) -> None:
         raise NotImplementedError
 
+    def render(self, prompts: list[str], seeds: list[int]) -> Rendered:
+        return Rendered(self.generate(prompts, seeds))
+
     def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """Backend-specific facts for lineage params (after load)."""
         return {}
-
-
-class PerRowGumbelSampler(LogitsProcessor):
-    """Samples each row from softmax(scores / T) with its own seeded generator (Gumbel-max).
-
-    generate() samples with the global RNG, so an image would depend on which prompts shared
-    its batch; with one generator per row it depends only on (prompt, seed). Used with
-    do_sample=False: argmax(scores / T + Gumbel noise) is an exact draw from the softmax.
-    """
-
-    def __init__(self, seeds: list[int], temperature: float, device: str):
-        self.temperature = temperature
-        self.generators = [torch.Generator(device).manual_seed(s) for s in seeds]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.temperature <= 0:
-            return scores  # greedy
-        u = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators])
-        gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
-        return scores.float() / self.temperature + gumbel
 
 
 @backend
@@ -109,32 +103,29 @@ class JanusBackend(Backend):
             raise StageError(str(err)) from None
 
     def load(self) -> None:
+        from model.generate import ImageTokenSampler, vq_fingerprint
         from model.tiny import load_janus
 
         self.model, self.processor = load_janus(self.model_dir, dtype=self.dtype)
+        self.vq = vq_fingerprint(self.model)  # vq_tokenize keeps our ids only if its VQ has these weights
         self.model.to(self.device)
+        self.sampler = ImageTokenSampler(self.model, self.processor, compile=self.compile)
 
     def describe(self) -> dict[str, Any]:
-        return {"image_tokens": int(self.model.config.vision_config.num_image_tokens)}
+        return {"image_tokens": int(self.model.config.vision_config.num_image_tokens), "vq": self.vq,
+                "compiled": self.compile}
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        from model.generate import AnyScaleCFG, decode_to_pil, generation_prompt
+    def render(self, prompts: list[str], seeds: list[int]) -> Rendered:
+        from model.generate import decode_to_pil, vq_grid
 
-        texts = [generation_prompt(self.processor, p) for p in prompts]
-        inputs = self.processor(text=texts, generation_mode="image", padding=True, return_tensors="pt").to(self.device)
-        sampler = PerRowGumbelSampler(seeds, self.sampling["temperature"], self.device)
-        ids = self.model.generate(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            generation_mode="image",
-            guidance_scale=1.0,  # ours does CFG (any scale), then the per-row sampler
-            logits_processor=LogitsProcessorList([AnyScaleCFG(self.sampling["guidance_scale"]), sampler]),
-            do_sample=False,
-        )
-        # Decode one image at a time: batched convolutions differ in the last bit with batch
-        # size, and an image must not depend on which prompts shared its batch.
-        return [decode_to_pil(self.model, row[None])[0] for row in ids]
+        s = self.sampling
+        ids = self.sampler.sample(prompts, seeds, guidance_scale=s["guidance_scale"], temperature=s["temperature"])
+        # one VQ decode for the batch: the ids are the data; the pixels are for scoring and viewing
+        return Rendered(decode_to_pil(self.model, ids), ids.cpu(), vq_grid(self.model))
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        return self.render(prompts, seeds).images
 
 
 @backend
