@@ -3,7 +3,6 @@
 import http.server
 import io
 import os
-import threading
 import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -15,15 +14,10 @@ from PIL import Image
 from pipeline.schema import make_rows
 from stages.base import StageContext, StageError
 from stages.download import DownloadImages, serve_directory
+from tests.stages.loopback import LoopbackServer, jpeg
 
 
-def jpeg(w, h, color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (w, h), color).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-class Server:
+class Server(LoopbackServer):
     """Serves a fixed set of paths; /slow sleeps past the client timeout."""
 
     def __init__(self, files: dict[str, bytes]):
@@ -50,19 +44,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler)
 
 
 def rows(urls: dict[str, str]):

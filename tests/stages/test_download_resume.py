@@ -8,7 +8,6 @@ import http.server
 import io
 import os
 import socket
-import threading
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -23,15 +22,15 @@ from pipeline.schema import make_rows
 from stages.base import Stage, StageContext
 from stages.download import ATTEMPTS, TRANSIENT, DownloadImages
 from stages.download_errors import is_blocked, is_transient
+from tests.stages.loopback import LoopbackServer
+from tests.stages.loopback import jpeg as _jpeg
 
 
 def jpeg(w, h) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (w, h), (10, 200, 30)).save(buf, "JPEG")
-    return buf.getvalue()
+    return _jpeg(w, h, (10, 200, 30))
 
 
-class Server:
+class Server(LoopbackServer):
     """Serves `files`; paths in `unavailable` answer 503 until the test heals them."""
 
     def __init__(self, files: dict[str, bytes], port: int = 0, unavailable: set[str] = frozenset()):
@@ -57,19 +56,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler, port=port)
 
 
 def free_port() -> int:

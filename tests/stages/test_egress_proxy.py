@@ -4,16 +4,13 @@ Everything stays on loopback: servers on 127.0.0.1 and 127.0.0.2 (only 127.0.0.1
 """
 
 import http.server
-import io
 import os
-import threading
 import urllib.error
 import urllib.request
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytest
-from PIL import Image
 
 import stages.netguard as netguard
 from pipeline.schema import make_rows
@@ -22,17 +19,18 @@ from stages.download import DownloadImages
 from stages.download_errors import GUARD_MARK
 from stages.egress_proxy import EgressProxy, proxy_environment
 from stages.netguard import UrlGuard
+from tests.stages.loopback import LoopbackServer
+from tests.stages.loopback import jpeg as _jpeg
+
+
+def jpeg(w, h) -> bytes:
+    return _jpeg(w, h, (90, 20, 160))
+
 
 ALLOW = ["127.0.0.1/32"]
 
 
-def jpeg(w, h) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (w, h), (90, 20, 160)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-class Server:
+class Server(LoopbackServer):
     """/a.jpg is an image; /to/<url> redirects (302) to <url>; records the Host header of each hit."""
 
     def __init__(self, host: str, body: bytes = b"image"):
@@ -56,20 +54,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.base = f"http://{host}:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler, host)
 
 
 @pytest.fixture
