@@ -75,12 +75,19 @@ def cost_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class MetricsLog:
-    """Appends one JSON object per step; on resume drops the lines past the checkpoint's step."""
+    """Appends one JSON object per step; on resume drops the lines past the checkpoint's step.
+
+    A resumed run replays the steps after its checkpoint, so their old records (written before
+    the crash) are dropped and rewritten: the log then holds each step once, in order, and the
+    records up to the checkpoint are the original run's. A record is one write ending in a
+    newline, so a kill mid-write can only leave a last line without one: it is dropped too.
+    """
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            complete = path.read_text().split("\n")[:-1]  # the text after the last newline is torn
+            kept = [line for line in complete if line and json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None:
             path.write_text("")
