@@ -17,6 +17,8 @@ from model.flops import JanusFlops, StepTokens, peak_tflops
 from model.freeze import apply_freezing
 from model.metrics import StepCost
 from model.train import Trainer
+from pipeline.report import ReportContext
+from pipeline.reports.training import render as training_section
 from tests.model.test_train import ROOT, recipe_file
 
 
@@ -81,10 +83,11 @@ def test_peak_table_and_cpu_without_peak(tiny_dir):
 def test_train_jsonl_carries_flops_mfu_and_memory(tmp_path, tiny_dir, tiny_build):
     peak = 0.5  # pretend this CPU peaks at 0.5 TFLOP/s: `peak_tflops` in the recipe gives an MFU anywhere
     recipe = load_train_recipe(recipe_file(tmp_path, 2, schedule__steps=3, peak_tflops=peak), data=tiny_build, init=tiny_dir)
-    trainer = Trainer(recipe, tmp_path / "run")
+    run = tmp_path / "train" / "stage2"
+    trainer = Trainer(recipe, run)
     model = trainer.model
     trainer.train()
-    records = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "train.jsonl").read_text().splitlines()]
     assert len(records) == 3
     text, vision = model.config.text_config, model.config.vision_config
     # Stage II trains the LLM: at least 6N per token; at most 6 x every matmul weight (VQ aside) per
@@ -102,9 +105,12 @@ def test_train_jsonl_carries_flops_mfu_and_memory(tmp_path, tiny_dir, tiny_build
         assert 0 < r["tflops"] < 5  # two CPU cores do not reach 5 TFLOP/s
         assert r["peak_tflops"] == peak and r["mfu"] == pytest.approx(r["tflops"] / peak)
         assert 0.05 < r["peak_mem_gib"] <= rss_gib + 1e-6  # peak RSS of this process so far
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
     steady = records[1:]
     tflops = sum(r["model_flops"] for r in steady) / sum(r["step_time"] + r["data_wait"] for r in steady) / 1e12
     assert summary["tflops"] == pytest.approx(tflops) and summary["mfu"] == pytest.approx(tflops / peak)
     assert summary["peak_mem_gib"] == max(r["peak_mem_gib"] for r in records)
     assert low < summary["flops_per_token"] < high
+    # The report's training section shows them per stage.
+    html = training_section(ReportContext(build_dir=tiny_build, con=None, train_dir=tmp_path / "train"))
+    assert "MFLOP/token" in html and f"{100 * summary['mfu']:.1f}%" in html and f"{summary['peak_mem_gib']:.2f}" in html
