@@ -105,11 +105,14 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, tiny_dir, tiny_bui
     run = tmp_path / "killed"
     deadline = time.time() + 200
     # Kill once a checkpoint exists and a later step has been logged: the records past the
-    # checkpoint are then the ones a resume must replace.
+    # checkpoint are then the ones a resume must replace. Looked at while stopped (SIGSTOP), so
+    # no checkpoint can land between the look and the kill.
     while time.time() < deadline and killed.poll() is None:
+        killed.send_signal(signal.SIGSTOP)
         ckpt = latest_step(run)
         if ckpt is not None and (run / "train.jsonl").read_text().count("\n") > ckpt:
             break
+        killed.send_signal(signal.SIGCONT)
         time.sleep(0.01)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL
