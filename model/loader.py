@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -22,6 +22,7 @@ class StepData:
     targets: dict[str, int]  # target tokens per task in the global batch (loss normalisers)
     tokens: int  # sequence positions in the global batch (throughput)
     micro: list[MicroBatch]  # this worker's share
+    lengths: list[int] = field(default_factory=list)  # positions per example, global batch (model FLOPs)
 
 
 class Loader:
@@ -50,18 +51,18 @@ class Loader:
         targets: Counter = Counter()
         for ex in examples:
             targets[ex.task] += ex.targets if (ex.task != "generation" or ex.image_ids) else self.encoder.num_image_tokens
+        # Other workers' generation rows may still lack their VQ ids: count them at full length.
+        lengths = [ex.length if ex.task != "generation" or ex.image_ids else len(ex.input_ids) + self.encoder.num_image_tokens - 1
+                   for ex in examples]
         # The step loss does not depend on how rows are split into micro-batches (global
         # normalisers), so rows are grouped (padded) or packed for the least padding.
         count = None
         if self.pack_len is not None:  # every worker packs every worker's share: same forward count on all
-            # Other workers' generation rows may still lack their VQ ids: count them at full length.
-            lengths = [ex.length if ex.task != "generation" or ex.image_ids else len(ex.input_ids) + self.encoder.num_image_tokens - 1
-                       for ex in examples]
             count = packed_micro_count([lengths[r * per_rank : (r + 1) * per_rank] for r in range(self.world)],
                                        self.micro, self.pack_len)
         micro = micro_batches(own, self.micro, self.encoder.pad, self.image_processor, self.pack_len, count)
         return StepData(step, first, dict(Counter(ex.task for ex in examples)), dict(targets),
-                        sum(ex.length for ex in examples), micro)
+                        sum(ex.length for ex in examples), micro, lengths)
 
     def _fill(self) -> None:
         try:
