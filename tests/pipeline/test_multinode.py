@@ -166,21 +166,24 @@ class LoopbackCluster:
         return next(pid for pid, cmd in _group(self.nodes[name].pid).items() if cmd.split(" ", 1)[0].endswith("/raylet"))
 
     @staticmethod
-    def running_tasks(raylets: dict[str, int]) -> dict[str, list[str]]:
-        """Per node, the titles of its Ray workers running a task now (a worker takes its task's name as title)."""
-        procs = _processes().values()
-        return {name: [cmd for ppid, _, cmd in procs if ppid == raylet and cmd.startswith("ray::") and not cmd.startswith(AGENTS)]
-                for name, raylet in raylets.items()}
+    def running_tasks(raylet: int) -> list[str]:
+        """The titles of a node's Ray workers running a task now (a worker takes its task's name as title)."""
+        return [cmd for ppid, _, cmd in _processes().values()
+                if ppid == raylet and cmd.startswith("ray::") and not cmd.startswith(AGENTS)]
 
     def stop(self) -> None:
         for proc in self.started:  # `ray start --block` stops its node's processes on SIGTERM
             _signal_group(proc.pid, signal.SIGTERM)
-        deadline = time.time() + 10
+        deadline = time.time() + 3  # a throwaway cluster: the head's graceful stop can take 10 s+, not worth waiting
         while time.time() < deadline and any(_group(p.pid) for p in self.started):
             time.sleep(0.5)
         for proc in self.started:
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+        deadline = time.time() + 30
+        while (left := [p.pid for p in self.started if _group(p.pid)]) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not left, f"processes left in groups {left}"
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -223,38 +226,30 @@ def test_build_on_three_nodes_survives_losing_a_worker_mid_build(tmp_path, local
 
     node_ids = cluster.alive_nodes()
     # Kill node_a's raylet while one of its workers runs a clean_prompts task, with the stage part-done.
-    raylets = {name: cluster.raylet(name) for name in ("head", *WORKERS)}
+    raylet = cluster.raylet("node_a")
     stage_dir = out / "work" / "mj_prompts" / "01-clean_prompts"
-    seen: dict[str, set[str]] = {name: set() for name in raylets}
     deadline = time.time() + 120
-    while True:
-        assert time.time() < deadline, f"no clean_prompts task seen on node_a; seen {seen}"
-        running = cluster.running_tasks(raylets)
-        for name, titles in running.items():
-            seen[name].update(titles)
-        if any("_RunStage" in t for t in running["node_a"]) and any(stage_dir.glob("part-*.parquet")):
-            os.kill(raylets["node_a"], signal.SIGKILL)
-            break
+    while not (any("_RunStage" in t for t in cluster.running_tasks(raylet)) and any(stage_dir.glob("part-*.parquet"))):
+        assert time.time() < deadline, "no clean_prompts task seen running on node_a"
         time.sleep(0.01)
+    os.kill(raylet, signal.SIGKILL)
     done_at_kill = len(list(stage_dir.glob("part-*.parquet")))
     total = len(list((out / "work" / "mj_prompts" / "00-midjourney_prompts").glob("part-*.parquet")))
     assert 0 < done_at_kill < total, "the kill should land mid-stage"
     assert not (out / "shards").exists()
 
-    del raylets["node_a"]
     deadline = time.time() + 300
     while (status := cluster.job(job_id)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.time() < deadline, f"job {job_id} still {status}"
-        for name, titles in cluster.running_tasks(raylets).items():
-            seen[name].update(titles)
-        time.sleep(0.05)
+        time.sleep(0.5)
     assert status == "SUCCEEDED", cluster.get(f"/api/jobs/{job_id}/logs")["logs"][-4000:]
     alive = cluster.alive_nodes()
     assert "node_a" not in alive and {"head", "node_b"} <= set(alive)
-    assert all(any("_RunStage" in t for t in seen[name]) for name in seen), seen  # stage tasks ran on every node
-    # Ray's record of it: the task on node_a died with its node and ran again elsewhere (Ray Data retries tasks)
-    tasks = cluster.get("/api/v0/tasks?detail=1&limit=10000")["data"]["result"]["result"]
-    lost = {t["task_id"] for t in tasks if t["node_id"] == node_ids["node_a"] and t["error_type"] == "NODE_DIED" and "_RunStage" in t["name"]}
+    # Ray's task records: stage tasks ran on every node, and the one on node_a died with its node
+    # and ran again elsewhere (Ray Data retries tasks on system failures)
+    tasks = [t for t in cluster.get("/api/v0/tasks?detail=1&limit=10000")["data"]["result"]["result"] if "_RunStage" in t["name"]]
+    assert {t["node_id"] for t in tasks} >= set(node_ids.values()), node_ids
+    lost = {t["task_id"] for t in tasks if t["node_id"] == node_ids["node_a"] and t["error_type"] == "NODE_DIED"}
     retried = {t["task_id"] for t in tasks if t["attempt_number"] > 0 and t["state"] == "FINISHED" and t["node_id"] != node_ids["node_a"]}
     assert lost and lost <= retried, (lost, retried)
 
