@@ -202,7 +202,7 @@ class ShardSet:
             start += take
         return pa.concat_tables(pieces)
 
-    def _rows_from(self, offset: int, chunk: int = 256) -> Iterator[dict[str, Any]]:
+    def iter_rows(self, offset: int = 0, chunk: int = 256) -> Iterator[dict[str, Any]]:
         for start in range(offset, self.rows, chunk):
             yield from self.read(self.index(start, min(start + chunk, self.rows)))
 
@@ -210,9 +210,9 @@ class ShardSet:
         """Up to n rows of `task` after the first `skip_rows` rows (held out: training never read
         them); when training read every row, the last ones of the task, flagged as seen."""
         if skip_rows < self.rows:
-            held = list(islice((r for r in self._rows_from(skip_rows) if r["task"] == task), n))
+            held = list(islice((r for r in self.iter_rows(skip_rows) if r["task"] == task), n))
             if held:
                 return held, True
         window = max(0, self.rows - 64 * n)  # the task's last rows sit near the end of a mixed build
-        seen = [r for r in self._rows_from(window) if r["task"] == task]
+        seen = [r for r in self.iter_rows(window) if r["task"] == task]
         return seen[-n:], False

@@ -80,6 +80,12 @@ def test_build_accounts_for_every_row_and_rebuild_is_a_no_op(tmp_path, local_ray
     before = _shards(out)
     run_build(recipe, BuildOptions(out=out))
     assert _shards(out) == before
+    # a lost index shard is rewritten by its Ray task, the other is not touched
+    kept, lost = out / "shards" / "stage1" / "shard-00000.parquet", out / "shards" / "stage1" / "shard-00001.parquet"
+    mtime = kept.stat().st_mtime_ns
+    lost.unlink()
+    run_build(recipe, BuildOptions(out=out))
+    assert _shards(out) == before and kept.stat().st_mtime_ns == mtime
 
 
 def test_changed_recipe_is_refused_unless_restart(tmp_path, local_ray):

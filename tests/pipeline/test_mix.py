@@ -66,7 +66,7 @@ def _mix(tmp_path, out_name, policy="repeat", batches=20, sizes=(100, 100, 60)):
 def _rows(build, stage="stage2", **kw):
     """Every position's row, in training order, as the trainer reads it (one rank)."""
     shards = ShardSet.open(build, stage, **kw)
-    return [r for r in shards._rows_from(0)]
+    return [r for r in shards.iter_rows(0)]
 
 
 def test_mix_writes_ratio_exact_shards_deterministically(tmp_path):
