@@ -33,6 +33,7 @@ TRAIN_COLUMNS = ["sample_id", "task", "image", "conversation", "text", "prompt",
 TEXT_COLUMNS = ["sample_id", "task", "conversation", "text", "prompt"]
 PAYLOAD_COLUMNS = {"understanding": ["image"], "text": [], "generation": ["image_tokens", "image_token_grid"]}
 INDEX_COLUMNS = ["task", "file", "row"]
+INDEX_KEY = b"janus_forge.index_format"  # Parquet metadata of an index shard (pipeline/mix.py)
 
 
 class DataError(ValueError):
@@ -106,7 +107,7 @@ class ShardSet:
         files = tuple(root / Path(n).name for n in names)
         if not files:
             raise DataError(f"{root}: no shard-*.parquet files")
-        indexed = bool(manifest.get("format", "").startswith("janus-forge-index"))
+        indexed = INDEX_KEY in (pq.read_schema(files[0]).metadata or {}) if files[0].is_file() else False
         file_rows, task_rows = [], dict.fromkeys(TASKS, 0)
         for f in files:
             if not f.is_file():

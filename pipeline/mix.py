@@ -182,15 +182,16 @@ def source_order(name: str, files: list[str], kept: list[int], seed: int, buffer
     out: dict[int, list[Window]] = {}
     for p in range(1 if policy == "repeat" else passes):
         rng = np.random.default_rng(_seed(seed, name, p))
-        windows, cur, sizes = [], [], []
+        windows, cur, sizes, size = [], [], [], 0
         for f in rng.permutation(len(files)):
             if kept[f]:
                 cur.append(int(f))
                 sizes.append(kept[f])
-            if sum(sizes) >= buffer:
+                size += kept[f]
+            if size >= buffer:
                 windows.append(Window(cur, sizes, rng.bit_generator.state))
-                rng.permutation(sum(sizes))  # advance exactly as the shuffle did
-                cur, sizes = [], []
+                rng.permutation(size)  # advance exactly as the shuffle did
+                cur, sizes, size = [], [], 0
         if cur:
             windows.append(Window(cur, sizes, rng.bit_generator.state))
         out[p] = windows
@@ -204,7 +205,7 @@ class ShardJob:
     index: int
     start: int
     global_batch: int
-    plan: np.ndarray  # source index (into StageContext.orders) per position
+    plan: np.ndarray  # source index (into the `orders` write_shard gets) per position
     served: list[int]  # rows each source served before this shard
     out_dir: str
     root: str  # the build directory payload paths are relative to
@@ -283,20 +284,7 @@ def mix_stage(name: str, spec: TrainingStageMix, cfg: MixConfig, sources: dict[s
     out_dir = Path(out_dir)
     root = out_dir.parent.parent
     names = list(spec.sources)
-    for s in names:
-        if sources[s].rows == 0:
-            raise MixError(f"mix.stages.{name}: source {s!r} has no kept rows (see the rejections table)")
-    tasks = batch_task_plan(spec.ratio, B, spec.batches)
-    plan = np.empty(len(tasks), dtype=np.int32)
-    for t_idx, task in enumerate(TASKS):
-        where = np.nonzero(tasks == t_idx)[0]
-        members = [i for i, s in enumerate(names) if sources[s].task == task]
-        if len(where):
-            picks = source_plan([spec.sources[names[i]] for i in members], len(where))
-            plan[where] = np.array(members, dtype=np.int32)[picks]
-    events: list[dict] = []
-    if cfg.on_exhausted == "stop":
-        plan = _truncate_at_exhaustion(plan, names, sources, B, events)
+    plan, events = source_per_position(name, spec, cfg, sources)
     shard_rows = max(1, cfg.rows_per_shard // B) * B  # shards hold whole global batches
     rel = {s: [os.path.relpath(f, root) for f in sources[s].files] for s in names}
     kept = {s: kept_counts(sources[s].files) for s in names}
@@ -327,6 +315,26 @@ def mix_stage(name: str, spec: TrainingStageMix, cfg: MixConfig, sources: dict[s
     write_atomic(out_dir / "_manifest.json", json.dumps(manifest, indent=2).encode())
     result.written = len(todo)
     return result
+
+
+def source_per_position(name: str, spec: TrainingStageMix, cfg: MixConfig, sources: dict[str, SourceRows]) -> tuple[np.ndarray, list[dict]]:
+    """Index into spec.sources for every training position (and the `stop` event, if any)."""
+    names = list(spec.sources)
+    for s in names:
+        if sources[s].rows == 0:
+            raise MixError(f"mix.stages.{name}: source {s!r} has no kept rows (see the rejections table)")
+    tasks = batch_task_plan(spec.ratio, cfg.global_batch, spec.batches)
+    plan = np.empty(len(tasks), dtype=np.int32)
+    for t_idx, task in enumerate(TASKS):
+        where = np.nonzero(tasks == t_idx)[0]
+        members = [i for i, s in enumerate(names) if sources[s].task == task]
+        if len(where):
+            picks = source_plan([spec.sources[names[i]] for i in members], len(where))
+            plan[where] = np.array(members, dtype=np.int32)[picks]
+    events: list[dict] = []
+    if cfg.on_exhausted == "stop":
+        plan = _truncate_at_exhaustion(plan, names, sources, cfg.global_batch, events)
+    return plan, events
 
 
 def _plan_hash(name, spec, cfg, build_id, rel, kept, sources) -> str:
