@@ -187,7 +187,7 @@ class ShardSet:
         """Yield (global_row_index_of_first_row, rows) for each step from `start_step`, wrapping
         epochs. Rows of `rank`'s share (`rank_rows`) carry their payload; the rest, text only."""
         mine = np.zeros(batch_size, dtype=bool)
-        mine[rank_rows(batch_size, rank, world).start:rank_rows(batch_size, rank, world).stop] = True
+        mine[list(rank_rows(batch_size, rank, world))] = True
         first = start_step * batch_size
         while True:
             yield first, self.read(self._positions(first, first + batch_size), mine)
