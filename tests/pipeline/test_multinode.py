@@ -256,6 +256,13 @@ def test_build_on_three_nodes_survives_losing_a_worker_mid_build(tmp_path, local
     run_build(load_recipe(recipe), BuildOptions(out=tmp_path / "clean"))  # single node: the session's local Ray
     clean = _shards(tmp_path / "clean")
     assert clean and _shards(out) == clean
+    # the shards are an index over the work files: the rows they point at must match too
+    from model.shards import ShardSet
+
+    def rows(build: Path) -> list[tuple]:
+        return [tuple(sorted((k, repr(v)) for k, v in r.items())) for r in ShardSet.open(build, "stage1").iter_rows()]
+
+    assert rows(out) == rows(tmp_path / "clean") and len(rows(out)) == 6 * 16
     con = duckdb.connect(str(out / "catalog.duckdb"), read_only=True)
     # one attempt: Ray retried the lost node's tasks inside the job; no rerun (resume) was needed
     assert con.execute("SELECT status, attempts FROM builds").fetchone() == ("succeeded", 1)
