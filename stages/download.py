@@ -22,7 +22,7 @@ from pipeline.schema import IMAGE_TYPE, STATUS_FAILED, STATUS_KEPT, conform
 from stages.base import Resources, Stage, StageConfig, StageError, register, with_verdicts
 from stages.download_errors import is_blocked, is_transient
 from stages.egress_proxy import EgressProxy, proxy_environment
-from stages.netguard import UrlGuard
+from stages.netguard import UrlGuard, malformed
 
 # img2dataset's status string -> our reason for a row that failed for good
 REASONS = {"failed_to_download": "download_failed", "failed_to_resize": "resize_failed"}
@@ -59,6 +59,7 @@ class DownloadImages(Stage):
     """Kept rows with meta.url get image/width/height; img2dataset failures become failed rows."""
 
     name = "download_images"
+    version = 2  # 2: URLs that are not http(s) with a host are `bad_url`, not `blocked_address`
     Config = DownloadConfig
     needs = ("meta",)
     adds = ("image", "width", "height")
@@ -104,6 +105,8 @@ class DownloadImages(Stage):
                     continue
                 if not url:
                     verdicts[i] = (STATUS_FAILED, "no_url", "meta has no url")
+                elif why := malformed(url):  # not an http(s) URL with a host: nothing to ask the network
+                    verdicts[i] = (STATUS_FAILED, "bad_url", f"{why}: {url[:200]}")
                 elif why := self.guard.refuse(url):  # cheap first check; the egress proxy checks every hop
                     verdicts[i] = (STATUS_FAILED, "blocked_address", why)  # never requested
                 else:

@@ -78,8 +78,9 @@ def test_successes_failures_and_blocked(tmp_path):
     assert got["slow"]["download_attempts"] == 1
     assert got["text"]["reason"] == "resize_failed"
     assert got["trunc"]["status"] == "failed" and got["trunc"]["detail"]
-    for key in ("private", "meta", "file"):
+    for key in ("private", "meta"):
         assert (got[key]["status"], got[key]["reason"]) == ("failed", "blocked_address")
+    assert (got["file"]["reason"], got["file"]["detail"]) == ("bad_url", "scheme 'file' is not http(s): file:///etc/passwd")
 
 
 def test_loopback_refused_by_default_and_bad_meta_recorded(tmp_path):
