@@ -195,6 +195,10 @@ URL_KINDS: dict[str, str] = {
     "url_redirect_disallowed": "/to-other",  # 302 to 127.0.0.2, which the recipe does not allow
     "url_not_found": "/missing.jpg",
     "url_html_as_image": "/html_as_image.jpg",
+    "url_truncated_jpeg": "/truncated.jpg",
+    "url_decompression_bomb": "/decompression_bomb.png",
+    "url_exif_rotated": "/exif_rotated.jpg",  # stored 64x32, upright 32x64
+    "url_gray16_noise": "/gray16_noise.png",
     "url_non_http_scheme": "ftp://127.0.0.1/ok.jpg",
     "url_no_host": "http:///ok.jpg",
 }

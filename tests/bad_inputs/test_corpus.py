@@ -9,6 +9,7 @@ transparency on white, first frame of an animation, EXIF rotation applied, entit
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import time
 import unicodedata
@@ -95,7 +96,11 @@ EXPECTED: dict[str, tuple[str, str | None, str | None]] = {
     "url_redirect_loop": (FAILED, "download_failed", "infinite loop"),
     "url_redirect_disallowed": (FAILED, "blocked_address", "non-public address 127.0.0.2"),
     "url_not_found": (FAILED, "download_failed", "404"),
-    "url_html_as_image": (FAILED, "resize_failed", None),
+    "url_html_as_image": (FAILED, "undecodable_image", "starts with b'<!DOCTYPE html>"),
+    "url_truncated_jpeg": (FAILED, "truncated_image", "truncated"),
+    "url_decompression_bomb": (FAILED, "decompression_bomb", "900000000 pixels"),
+    "url_exif_rotated": (KEPT, None, None),
+    "url_gray16_noise": (KEPT, None, None),
     "url_non_http_scheme": (FAILED, "bad_url", "scheme 'ftp' is not http(s)"),
     "url_no_host": (FAILED, "bad_url", "url has no host"),
     # recipes: load_recipe (and `janus-forge build`: exit 2, nothing written); reason = the field named
@@ -208,14 +213,14 @@ class CorpusServer(LoopbackServer):
                 if self.path == "/to-other":
                     return self._redirect(f"{other_base}/ok.jpg")
                 if self.path == "/slow.jpg":
-                    time.sleep(2.5)  # past the stage's 1 s timeout
-                body = files.get(self.path)
-                if body is None:
-                    return self.send_error(404)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
+                    time.sleep(2.5)  # past the stage's 1 s timeout: the client has gone when it answers
+                body = files.get("/ok.jpg" if self.path == "/slow.jpg" else self.path)
                 try:
+                    if body is None:
+                        return self.send_error(404)
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
@@ -253,7 +258,13 @@ def test_urls_and_yfcc_rows_through_download(tmp_path, corpus):
     for kind in ("yfcc_ok", "yfcc_missing_url", "yfcc_html_description", "yfcc_23_columns"):
         got[kind] = by_line[corpus.yfcc[kind]]
     assert_verdicts(got)
-    assert (got["url_ok"]["width"], got["url_ok"]["height"]) == (32, 24)
+    size = lambda kind: (got[kind]["width"], got[kind]["height"])  # noqa: E731
+    assert size("url_ok") == (32, 24) and size("url_exif_rotated") == (16, 32) and size("url_gray16_noise") == (32, 32)
+    upright = np.asarray(Image.open(io.BytesIO(got["url_exif_rotated"]["image"]["bytes"])), dtype=np.int32)
+    assert upright[:12, :, 0].mean() > 200 > upright[:12, :, 2].mean()  # red on top: EXIF applied
+    grey = np.asarray(Image.open(io.BytesIO(got["url_gray16_noise"]["image"]["bytes"])), dtype=np.float64)
+    assert abs(grey.mean() - (make_corpus.gray16_noise() >> 8).mean()) < 3  # scaled, not clipped white
+    assert json.loads(got["url_exif_rotated"]["meta"])["image_decode"] == {"exif_orientation": 6}
 
 
 def _decode_verdict(data: bytes, limits: ImageLimits) -> tuple[dict, Image.Image | None]:
