@@ -1,7 +1,8 @@
 """The project's one image decoder (with the decompression-bomb limit) and cheap per-image checks.
 
-Every place that turns image bytes into pixels (score_images, preprocess_images, imagefolder, the
-trainer's data loader and VQ pre-tokenisation) calls `decode`, so a bomb is refused the same way,
+Every place that turns image bytes into pixels (download_images, score_images, preprocess_images,
+imagefolder, render_charts, the trainer's data loader, VQ pre-tokenisation, evaluation and the
+report) calls `decode`, so a bomb is refused the same way,
 as `decompression_bomb`, wherever it enters, and every image reaches RGB the same faithful way:
 
 - EXIF orientation is applied (a phone photo stored sideways comes out upright);
@@ -79,13 +80,13 @@ def decode_notes(img: Image.Image) -> dict:
 
 
 def _upright(img: Image.Image, notes: dict) -> Image.Image:
-    orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    if orientation in (None, 1):
-        return img
     try:
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation in (None, 1):
+            return img
         upright = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError, TypeError, KeyError):
-        return img  # a broken EXIF block says nothing reliable: keep the stored orientation
+    except Exception:  # noqa: BLE001 - a broken EXIF block (struct, value, key errors...) says nothing reliable
+        return img  # keep the stored orientation: the pixels themselves decoded fine
     notes["exif_orientation"] = orientation
     return upright
 

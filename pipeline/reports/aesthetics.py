@@ -6,7 +6,6 @@ import io
 import json
 from pathlib import Path
 
-
 from pipeline.report import section
 from stages.image_checks import ImageRejected, decode
 
