@@ -363,3 +363,52 @@ def test_recipes_stop_before_any_work_naming_the_field(corpus):
         with pytest.raises(RecipeError) as err:
             load_recipe(path)
         assert str(err.value).startswith(f"{path}: {field}: ") and detail in str(err.value), (kind, str(err.value))
+
+
+BUILD_RECIPE = """
+name: corpus-build
+rows_per_partition: 64
+sources:
+  p: {kind: midjourney_prompts, paths: ["ROOT/prompts.jsonl"], steps: [{stage: clean_prompts}]}
+  y: {kind: yfcc_metadata, paths: ["ROOT/yfcc_bad_bytes.tsv"], steps: [{stage: yfcc_captions}]}
+  t: {kind: chart_tables, paths: ["ROOT/tables/*.csv"]}
+mix:
+  global_batch: 2
+  rows_per_shard: 2
+  stages:
+    stage1: {ratio: {generation: 1, understanding: 1}, sources: {p: 1, y: 1}, batches: 2}
+"""
+
+
+def test_a_build_over_the_corpus_accounts_for_every_row_in_the_catalog(corpus, local_ray, tmp_path):
+    """The real runner on Ray: every input row is in stage_runs, every rejection in `rejections` with its reason."""
+    import duckdb
+
+    from pipeline.runner import BuildOptions, run_build
+
+    recipe_path = tmp_path / "build.yaml"  # beside the build, not in the corpus: the corpus stays as written
+    recipe_path.write_text(BUILD_RECIPE.replace("ROOT", str(corpus.root)))
+    out = tmp_path / "build"
+    run_build(load_recipe(recipe_path), BuildOptions(out=out))
+    con = duckdb.connect(str(out / "catalog.duckdb"), read_only=True)
+    runs = con.execute("SELECT source, stage, rows_in, rows_kept, rows_filtered, rows_failed FROM stage_runs ORDER BY source, step").fetchall()
+    first = {}
+    for source, stage, rows_in, kept, filtered, failed in runs:
+        assert rows_in == kept + filtered + failed, (source, stage)
+        first.setdefault(source, rows_in)
+    assert first == {"p": len(corpus.prompts), "y": len(corpus.yfcc) + 1, "t": len(corpus.tables)}
+    rejected = con.execute("SELECT source, source_key, reason FROM rejections").fetchall()
+    assert len(rejected) == sum(r[4] + r[5] for r in runs)
+    kind_of = {("p", f"prompts.jsonl:{line}"): kind for kind, line in corpus.prompts.items()}
+    kind_of |= {("t", f"{kind}.csv"): kind for kind in corpus.tables}
+    kind_of |= {("y", f"yfcc_bad_bytes.tsv:{line}"): kind for kind, line in corpus.yfcc.items()}
+    kind_of[("y", f"yfcc_bad_bytes.tsv:{corpus.yfcc_invalid_utf8_line}")] = "yfcc_invalid_utf8"
+    kind_of |= {("y", str(100000 + line)): kind for kind, line in corpus.yfcc.items()}  # parsed rows: by photo id (make_corpus)
+    for source, key, reason in rejected:
+        assert reason == EXPECTED[kind_of[(source, key)]][1], (source, key, reason)
+    # every kind these stages reject is there (a missing URL only fails at download_images, not run here)
+    should = {kind for kind in kind_of.values() if EXPECTED[kind][0] != KEPT and kind != "yfcc_missing_url"}
+    assert {kind_of[(source, key)] for source, key, _ in rejected} == should
+    n = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    assert n == 2 * 2 and con.execute("SELECT count(*) FROM samples s JOIN rejections r USING (sample_id)").fetchone()[0] == 0
+    con.close()
