@@ -14,7 +14,6 @@ DIR/eval.json holds the summary and one record per sample; generated images are 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -25,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from model.eval_checks import check, detect, relaxed_match
 from model.eval_sets import HeldOut, load_heldout
 from model.generate import generate_images
 from model.tiny import load_janus
+from stages.image_checks import decode
 from stages.shapes_world import CATEGORIES, render, sample_scene
 
 log = logging.getLogger("janus_forge.eval")
@@ -176,7 +175,7 @@ def eval_understanding(model, processor, rows: list[dict], name: str, options: E
     for b in tqdm(range(0, len(rows), options.batch_size), desc=f"eval {name}", unit="batch"):
         chunk = rows[b: b + options.batch_size]
         texts = [f"<|User|>: <image_placeholder>\n{r['question']}\n\n<|Assistant|>:" for r in chunk]
-        images = [Image.open(io.BytesIO(r["image"])).convert("RGB") for r in chunk]
+        images = [decode(r["image"]) for r in chunk]  # the one decoder: EXIF, 16-bit, alpha as in training
         inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(model.device)
         out = model.generate(**inputs, max_new_tokens=options.max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)

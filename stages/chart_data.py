@@ -16,6 +16,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.schema import STATUS_FAILED, make_rows
 from stages.base import Source, SourceConfig, register, resolve_paths
+from stages.prompt_clean import unescape_entities
 
 MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 # topic: (title, label name, labels, series names, unit, value range, ordered labels)
@@ -94,6 +95,7 @@ class ChartTables(Source):
     """One work row per table; its data travels in `meta` as {title, label, series, unit, rows}."""
 
     name = "chart_tables"
+    version = 2  # 2: HTML entities in labels and column names decoded
     Config = ChartTablesConfig
     task = "understanding"
 
@@ -151,7 +153,8 @@ def load_table(path: Path, max_rows: int) -> dict:
     if data.num_rows > max_rows:
         raise TableError("table_too_long", f"{path.name}: {data.num_rows} rows > max_rows {max_rows}")
     label, *series = data.column_names
-    labels = [str(v) if v is not None else "" for v in data.column(label).to_pylist()]
+    # scraped tables carry HTML entities ("AT&amp;T"): the chart must show the text they stand for
+    labels = [unescape_entities(str(v)) if v is not None else "" for v in data.column(label).to_pylist()]
     columns = []
     for name in series:
         values = []
@@ -167,4 +170,5 @@ def load_table(path: Path, max_rows: int) -> dict:
         columns.append(values)
     rows = [[lab, *vals] for lab, *vals in zip(labels, *columns)]
     title = path.stem.replace("_", " ").replace("-", " ").strip().capitalize()
+    label, series = unescape_entities(label), [unescape_entities(s) for s in series]
     return {"title": title, "label": label, "series": series, "unit": "", "rows": rows, "topic": "file"}

@@ -9,11 +9,11 @@ from typing import Callable, Literal
 
 import pyarrow as pa
 from matplotlib.figure import Figure
-from PIL import Image
 from pydantic import Field
 
 from pipeline.schema import STATUS_FAILED, STATUS_KEPT, conform, make_rows, sample_id
 from stages.base import Stage, StageConfig, register, with_verdicts
+from stages.image_checks import decode
 
 ChartType = Literal["bar", "line", "pie", "scatter", "table"]
 FONTS = ["DejaVu Sans", "DejaVu Serif", "DejaVu Sans Mono", "STIXGeneral"]
@@ -246,7 +246,7 @@ class RenderCharts(Stage):
             style = pick_style(rng)
             turns, templates = self._questions(t, chart, rng)
             png = render(t, chart, style, self.config.dpi)
-            row["width"], row["height"] = Image.open(io.BytesIO(png)).size
+            row["width"], row["height"] = decode(png).size  # the one decoder, even for our own renders
             row["image"] = {"bytes": png, "path": f"{row['sample_id']}.png"}
             row["conversation"] = turns
             lineage["params"] = json.dumps({"chart_type": chart, "templates": templates, "style": style, "data": t}, sort_keys=True, ensure_ascii=False)

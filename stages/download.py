@@ -16,13 +16,15 @@ from typing import Iterator, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from pipeline.schema import IMAGE_TYPE, STATUS_FAILED, STATUS_KEPT, conform
 from stages.base import Resources, Stage, StageConfig, StageError, register, with_verdicts
 from stages.download_errors import is_blocked, is_transient
+from stages.download_resize import stored_image
 from stages.egress_proxy import EgressProxy, proxy_environment
-from stages.netguard import UrlGuard
+from stages.image_checks import PIL_DEFAULT_MAX_PIXELS, ImageRejected
+from stages.netguard import UrlGuard, malformed
 
 # img2dataset's status string -> our reason for a row that failed for good
 REASONS = {"failed_to_download": "download_failed", "failed_to_resize": "resize_failed"}
@@ -45,7 +47,8 @@ class DownloadConfig(StageConfig):
     retries: int = Field(0, ge=0, description="img2dataset's immediate retries within one attempt")
     max_attempts: int = Field(3, ge=1, description="downloader runs per row before a transient failure is final")
     number_sample_per_shard: int = Field(1000, gt=0, description="img2dataset shard: its unit of resume")
-    min_image_size: int = 0
+    min_image_size: int = Field(0, ge=0, description="images whose short side is smaller fail as too_small")
+    max_image_pixels: PositiveInt = Field(PIL_DEFAULT_MAX_PIXELS, description="larger images fail as decompression_bomb")
     # networks the recipe trusts although they are not public (tests: ["127.0.0.1/32"])
     allow_networks: list[str] = []
     # repro without internet: serve this directory (relative to the recipe) on 127.0.0.1 and
@@ -59,6 +62,8 @@ class DownloadImages(Stage):
     """Kept rows with meta.url get image/width/height; img2dataset failures become failed rows."""
 
     name = "download_images"
+    # 2: URLs that are not http(s) with a host are `bad_url`; images decoded by the one decoder, not cv2
+    version = 2
     Config = DownloadConfig
     needs = ("meta",)
     adds = ("image", "width", "height")
@@ -104,6 +109,8 @@ class DownloadImages(Stage):
                     continue
                 if not url:
                     verdicts[i] = (STATUS_FAILED, "no_url", "meta has no url")
+                elif why := malformed(url):  # not an http(s) URL with a host: nothing to ask the network
+                    verdicts[i] = (STATUS_FAILED, "bad_url", f"{why}: {url[:200]}")
                 elif why := self.guard.refuse(url):  # cheap first check; the egress proxy checks every hop
                     verdicts[i] = (STATUS_FAILED, "blocked_address", why)  # never requested
                 else:
@@ -116,10 +123,19 @@ class DownloadImages(Stage):
                 res = results.get(sid)
                 verdicts[i] = self._verdict(res, attempts[sid])
                 if verdicts[i][0] == STATUS_KEPT:
-                    image_col[i] = {"bytes": res[self.config.encode_format], "path": f"{sid}.{self.config.encode_format}"}
-                    w_col[i], h_col[i] = res["width"], res["height"]
+                    try:  # img2dataset fetched the bytes; the one decoder decodes (stages/download_resize.py)
+                        data, w_col[i], h_col[i], notes = stored_image(res[self.config.encode_format], self.config)
+                    except ImageRejected as err:  # permanent: the bytes are what the server serves
+                        verdicts[i] = (STATUS_FAILED, err.reason, f"{wanted[sid][:200]}: {err}")
+                    except (OSError, ValueError) as err:  # decoded, but could not be re-encoded
+                        verdicts[i] = (STATUS_FAILED, "encode_failed", f"{wanted[sid][:200]}: {type(err).__name__}: {err}"[:500])
+                    else:
+                        image_col[i] = {"bytes": data, "path": f"{sid}.{self.config.encode_format}"}
+                        if notes:
+                            metas[i] = json.dumps({**json.loads(metas[i]), "image_decode": notes}, ensure_ascii=False)
             images.append(image_col[i]), widths.append(w_col[i]), heights.append(h_col[i])
         out = with_verdicts(batch, verdicts)
+        out = out.set_column(out.schema.get_field_index("meta"), "meta", pa.array(metas, pa.string()))
         for name, values, typ in (("image", images, IMAGE_TYPE), ("width", widths, pa.int32()), ("height", heights, pa.int32())):
             out = out.set_column(out.schema.get_field_index(name), name, pa.array(values, typ))
         out = conform(out)
@@ -244,8 +260,11 @@ class DownloadImages(Stage):
 def _run_img2dataset(url_list: Path, output: Path, cfg: DownloadConfig) -> None:
     from img2dataset import download  # heavy import (cv2, albumentations): only where it runs
 
-    # retries and timeout come from the recipe; X-Robots-Tag opt-outs are honoured (img2dataset default)
+    # retries and timeout come from the recipe; X-Robots-Tag opt-outs are honoured (img2dataset default).
+    # It only fetches: its cv2 resizer ignores EXIF, fails 16-bit images and has no bomb limit, so the
+    # stage decodes and resizes the bytes itself (stages/download_resize.py).
     download(
+        disable_all_reencoding=True,
         url_list=str(url_list), input_format="parquet", url_col="url", save_additional_columns=["sample_id"],
         output_format="parquet", output_folder=str(output), incremental_mode="incremental",
         image_size=cfg.resolution, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,

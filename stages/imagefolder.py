@@ -55,6 +55,7 @@ class ImageFolder(Source):
     """Each class directory is one input; unreadable files and unnamed classes become failed rows."""
 
     name = "imagefolder"
+    version = 2  # 2: decode() applies EXIF, scales 16-bit, composites alpha on white
     Config = ImageFolderConfig
     task = "generation"
 

@@ -12,6 +12,22 @@ ALLOWED_SCHEMES = ("http", "https")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def malformed(url: str) -> str | None:
+    """Why `url` is not a fetchable http(s) URL at all (before any address question), else None."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as err:
+        return f"unparseable url: {err}"
+    if parts.scheme.lower() not in ALLOWED_SCHEMES:
+        # file:// would read local files through urllib: never from metadata
+        return f"scheme {parts.scheme or 'none'!r} is not http(s)"
+    if not host:
+        return "url has no host"
+    return None
+
+
 class UrlGuard:
     """Answers "may we fetch this URL?"; `allow` lists networks the recipe explicitly trusts."""
 
@@ -20,17 +36,10 @@ class UrlGuard:
 
     def refuse(self, url: str) -> str | None:
         """None when the URL may be fetched, else why not (human text for `detail`)."""
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname
-            port = parts.port
-        except ValueError as err:
-            return f"unparseable url: {err}"
-        if parts.scheme.lower() not in ALLOWED_SCHEMES:
-            # file:// would read local files through urllib: never from metadata
-            return f"scheme {parts.scheme or 'none'!r} is not http(s)"
-        if not host:
-            return "url has no host"
+        if why := malformed(url):
+            return why
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
         try:
             addresses = _resolve(host, port or 80)
         except socket.gaierror:

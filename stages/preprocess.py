@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Literal
 
 import pyarrow as pa
@@ -11,7 +12,7 @@ from pydantic import Field, PositiveInt
 
 from pipeline.schema import IMAGE_TYPE, STATUS_FAILED, STATUS_KEPT, conform
 from stages.base import Stage, StageConfig, register, with_verdicts
-from stages.image_checks import PIL_DEFAULT_MAX_PIXELS, ImageRejected, decode
+from stages.image_checks import PIL_DEFAULT_MAX_PIXELS, ImageRejected, decode, decode_notes
 
 PAD_RGB = (127, 127, 127)
 
@@ -56,17 +57,23 @@ class PreprocessConfig(StageConfig):
 
 @register
 class PreprocessImages(Stage):
-    """Square every kept image to `resolution`; undecodable images become failed rows."""
+    """Square every kept image to `resolution`; undecodable images become failed rows.
+
+    The re-encoded image loses what the original was (16-bit, CMYK, transparent, animated,
+    EXIF-rotated): the decoder's notes on that go to `meta.image_decode`.
+    """
 
     name = "preprocess_images"
     Config = PreprocessConfig
     needs = ("image",)
-    adds = ("image", "width", "height")
+    adds = ("image", "width", "height", "meta")
     batch_size = 128
+    version = 2  # 2: faithful decode (EXIF, 16-bit, alpha on white, first frame) + meta.image_decode
 
     def process(self, batch: pa.Table) -> pa.Table:
         fn, cfg = MODES[self.config.mode], self.config
         images = batch.column("image").to_pylist()
+        metas = batch.column("meta").to_pylist()
         verdicts = list(zip(*(batch.column(c).to_pylist() for c in ("status", "reason", "detail"))))
         sizes = list(zip(batch.column("width").to_pylist(), batch.column("height").to_pylist()))
         for i, (image, verdict) in enumerate(zip(images, verdicts)):
@@ -76,7 +83,8 @@ class PreprocessImages(Stage):
                 verdicts[i] = (STATUS_FAILED, "no_image", "image bytes missing")
                 continue
             try:
-                out = fn(decode(image["bytes"], cfg.max_image_pixels), cfg.resolution)
+                decoded = decode(image["bytes"], cfg.max_image_pixels)
+                out = fn(decoded, cfg.resolution)
             except ImageRejected as err:
                 # a bomb is named as such; other decode failures keep this stage's `corrupt_image`
                 reason = err.reason if err.reason == "decompression_bomb" else "corrupt_image"
@@ -86,7 +94,10 @@ class PreprocessImages(Stage):
             stem = path.rsplit(".", 1)[0] if "." in path else path
             images[i] = {"bytes": encode(out, cfg.format, cfg.quality), "path": f"{stem}.{cfg.format}"}
             sizes[i] = out.size
+            if notes := decode_notes(decoded):
+                metas[i] = json.dumps({**json.loads(metas[i] or "{}"), "image_decode": notes}, ensure_ascii=False)
         out = with_verdicts(batch, verdicts)
+        out = out.set_column(out.schema.get_field_index("meta"), "meta", pa.array(metas, pa.string()))
         out = out.set_column(out.schema.get_field_index("image"), "image", pa.array(images, IMAGE_TYPE))
         out = out.set_column(out.schema.get_field_index("width"), "width", pa.array([s[0] for s in sizes], pa.int32()))
         return conform(out.set_column(out.schema.get_field_index("height"), "height", pa.array([s[1] for s in sizes], pa.int32())))

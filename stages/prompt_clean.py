@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import unicodedata
@@ -30,7 +31,13 @@ VALUE = re.compile(r"\s*([^\s,]+)")
 IMAGINE = re.compile(r"^\s*/imagine\b\s*(?:prompt\b\s*:?)?\s*", re.IGNORECASE)
 LEADING_URL = re.compile(r"\s*<?(https?://[^\s<>]+)>?[\s,]*", re.IGNORECASE)
 WEIGHT = re.compile(r"\s*::\s*(?:-?\d*\.?\d+)?\s*")  # "hot:: dog::2 cat::-0.5" multi-prompts
-INVISIBLE = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+# controls, soft hyphen, zero-width characters, bidi marks, embeddings and isolates, BOM
+INVISIBLE = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+# Scraped prompts carry HTML: entities only with their `;` (html.unescape alone would turn
+# "&notation" into "¬ation"), tags only when shaped like tags (<b>, </p>, <br/>, <a href=..>),
+# so "a < b", "<3" and Midjourney's "<https://...>" image prompts are left alone.
+ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
+TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
 SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;!?])")
 REPEATED_COMMAS = re.compile(r",(?:\s*,)+")
 # CJK scripts do not separate words with spaces: each character counts as one word.
@@ -69,9 +76,24 @@ def strip_parameters(text: str) -> tuple[str, dict[str, str | bool]]:
     return "".join(pieces), params
 
 
+def unescape_entities(text: str) -> str:
+    """HTML entities with their `;` decoded, twice-escaped ones (`&amp;amp;`) too."""
+    for _ in range(3):
+        decoded = ENTITY.sub(lambda m: html.unescape(m.group(0)), text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def strip_html(text: str) -> str:
+    """Entities decoded, then tags replaced by a space."""
+    return TAG.sub(" ", unescape_entities(text))
+
+
 def clean_prompt(raw: str) -> Cleaned:
-    """The prompt a text-to-image model should see: no Midjourney syntax, NFKC, single spaces."""
-    text = INVISIBLE.sub("", unicodedata.normalize("NFKC", raw))
+    """The prompt a text-to-image model should see: no HTML or Midjourney syntax, NFKC, single spaces."""
+    text = INVISIBLE.sub("", unicodedata.normalize("NFKC", strip_html(raw)))
     text = IMAGINE.sub("", text, count=1)
     urls, pos = [], 0
     while m := LEADING_URL.match(text, pos):  # image prompts come first: "<url> <url> a cat"
@@ -107,6 +129,7 @@ class CleanPrompts(Stage):
     """Kept rows get the cleaned prompt; filtered rows keep the original and say why."""
 
     name = "clean_prompts"
+    version = 2  # 2: HTML entities and tags removed, bidi isolates invisible
     Config = CleanPromptsConfig
     needs = ("prompt",)
     adds = ("prompt", "meta")
@@ -122,7 +145,7 @@ class CleanPrompts(Stage):
         text, cfg = cleaned.text, self.config
         words = count_words(text)
         if not words:
-            return "empty", "nothing left after removing Midjourney parameters, URLs and weights"
+            return "empty", "nothing left after removing HTML, invisible characters, Midjourney parameters, URLs and weights"
         if words < cfg.min_words:
             return "too_short", f"word count {words} < min_words {cfg.min_words}"
         if len(text) > cfg.max_chars:

@@ -62,6 +62,7 @@ def row_text(row: dict) -> str | None:
 @register
 class ScoreImages(Stage):
     name = "score_images"
+    version = 2  # 2: decode() applies EXIF, scales 16-bit, composites alpha on white
     Config = ScoreConfig
     needs = ("image",)
     adds = ("scores", "width", "height")

@@ -30,6 +30,7 @@ class VQTokenizeConfig(StageConfig):
 @register
 class VQTokenize(Stage):
     name = "vq_tokenize"
+    version = 2  # 2: decode() applies EXIF, scales 16-bit, composites alpha on white
     Config = VQTokenizeConfig
     needs = ("image",)
     adds = ("image_tokens", "image_token_grid")

@@ -11,7 +11,7 @@ from urllib.parse import unquote_plus
 
 import pyarrow as pa
 
-from pipeline.schema import STATUS_FILTERED, STATUS_KEPT
+from pipeline.schema import STATUS_FAILED, STATUS_FILTERED, STATUS_KEPT
 from stages.base import FileSourceConfig, Source, Stage, StageConfig, register, resolve_paths, with_verdicts
 from stages.yfcc_tsv import LAYOUTS, read_tsv
 
@@ -27,6 +27,7 @@ class YfccMetadata(Source):
     """One work row per TSV line; malformed lines are failed rows keyed by file and line."""
 
     name = "yfcc_metadata"
+    version = 2  # 2: non-numeric photo ids are `bad_id`
     Config = YfccSourceConfig
     task = "understanding"
 
@@ -61,11 +62,20 @@ _ENGLISH_HINTS = frozenset(
 _DESCRIBE = "<image_placeholder>\nDescribe this image."
 
 
+class BadEncoding(ValueError):
+    """A %-escape that does not decode as UTF-8 (YFCC is UTF-8; a Latin-1 `Caf%E9` is damaged text)."""
+
+
 def clean_text(value: str | None) -> str:
-    """URL-decoded, HTML-stripped, whitespace-collapsed text."""
+    """URL-decoded, HTML-stripped, whitespace-collapsed text; raises BadEncoding for non-UTF-8 escapes."""
     if not value:
         return ""
-    text = html.unescape(_TAG.sub(" ", unquote_plus(value)))
+    try:
+        # `replace` would put U+FFFD in the caption; guessing Latin-1 could be wrong as often as right
+        decoded = unquote_plus(value, errors="strict")
+    except UnicodeDecodeError as err:
+        raise BadEncoding(f"%-escapes are not UTF-8 ({err.reason}) in {value[:80]!r}") from None
+    text = html.unescape(_TAG.sub(" ", decoded))
     return _WS.sub(" ", _URLISH.sub(" ", text)).strip()
 
 
@@ -96,6 +106,7 @@ class YfccCaptions(Stage):
     """Filter videos, licences and language-free captions; compose the describe-the-image turn."""
 
     name = "yfcc_captions"
+    version = 2  # 2: non-UTF-8 %-escapes are `bad_url_encoding`, not U+FFFD in the caption
     Config = YfccCaptionsConfig
     needs = ("meta",)
     adds = ("conversation", "prompt", "meta")
@@ -133,17 +144,23 @@ class YfccCaptions(Stage):
         license_name = unquote_plus(meta.get("license", ""))
         if cfg.licenses is not None and license_name not in cfg.licenses:
             return (STATUS_FILTERED, "license", license_name or "no licence"), None
-        title = clean_text(meta.get("title")) if cfg.use_title else ""
-        if title and is_camera_default(title):
-            title = ""
-        desc = clean_text(meta.get("description")) if cfg.use_description else ""
-        parts = [title] if title else []
-        if desc and desc.lower() != title.lower():
-            parts.append(desc)
-        if cfg.use_tags and meta.get("tags"):
-            tags = [clean_text(t) for t in meta["tags"].split(",")]
-            if tags := [t for t in tags if t]:
-                parts.append("Tags: " + ", ".join(tags))
+        field = "title"
+        try:
+            title = clean_text(meta.get("title")) if cfg.use_title else ""
+            if title and is_camera_default(title):
+                title = ""
+            field = "description"
+            desc = clean_text(meta.get("description")) if cfg.use_description else ""
+            parts = [title] if title else []
+            if desc and desc.lower() != title.lower():
+                parts.append(desc)
+            field = "tags"
+            if cfg.use_tags and meta.get("tags"):
+                tags = [clean_text(t) for t in meta["tags"].split(",")]
+                if tags := [t for t in tags if t]:
+                    parts.append("Tags: " + ", ".join(tags))
+        except BadEncoding as err:
+            return (STATUS_FAILED, "bad_url_encoding", f"{meta.get('line', '')} {field}: {err}".strip()), None
         caption = ". ".join(p.rstrip(". ") for p in parts).strip()
         if not caption:
             had_markup = bool(meta.get("description")) and cfg.use_description

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,9 @@ LAYOUTS = {25: FIELDS_25, 23: FIELDS_23}
 NAMES = tuple(FIELDS_25)
 OPENERS = {".bz2": bz2.open, ".gz": gzip.open}
 CHUNK_BYTES = 8 << 20
+# YFCC photo ids are decimal numbers: anything else is a line whose columns are shifted or corrupt
+ID_PATTERN = r"^[0-9]+$"
+ID_RE = re.compile(ID_PATTERN)
 
 
 def read_tsv(path: Path, source: str, task: str, rows_per_table: int) -> Iterator[pa.Table]:
@@ -67,7 +71,16 @@ def _parse(body: bytes, fname: str, first_line: int, source: str, task: str) -> 
     if pc.any(no_id).as_py():
         bad_rows += [_failed(f"{fname}:{n}", "missing_id", "empty photo id") for n in good.filter(no_id).column("_line").to_pylist()]
         good = good.filter(pc.invert(no_id))
+    bad_id = pc.invert(pc.match_substring_regex(good.column("id"), ID_PATTERN))
+    if pc.any(bad_id).as_py():
+        bad = good.filter(bad_id)
+        bad_rows += [_failed(f"{fname}:{n}", "bad_id", _bad_id(pid)) for n, pid in zip(bad.column("_line").to_pylist(), bad.column("id").to_pylist())]
+        good = good.filter(pc.invert(bad_id))
     return _assemble(good, bad_rows, fname, source, task)
+
+
+def _bad_id(pid: str) -> str:
+    return f"photo id {pid[:40]!r} is not a number (a shifted or corrupt line)"
 
 
 def _parse_lines(body: bytes, fname: str, first_line: int, source: str, task: str) -> pa.Table:
@@ -85,6 +98,8 @@ def _parse_lines(body: bytes, fname: str, first_line: int, source: str, task: st
             bad_rows.append(_failed(where, "bad_column_count", f"{len(parts)} columns, expected 25 or 23"))
         elif not parts[layout["id"]]:
             bad_rows.append(_failed(where, "missing_id", "empty photo id"))
+        elif not ID_RE.match(parts[layout["id"]]):
+            bad_rows.append(_failed(where, "bad_id", _bad_id(parts[layout["id"]])))
         else:
             rows["_line"].append(lineno)
             for n in NAMES:

@@ -6,9 +6,8 @@ import io
 import json
 from pathlib import Path
 
-from PIL import Image
-
 from pipeline.report import section
+from stages.image_checks import ImageRejected, decode
 
 SCORE_STAGE, DEDUP_STAGE = "score_images", "dedup_images"
 GRID = 8  # images per side of the grid: best kept, and a spread of rejections
@@ -68,12 +67,12 @@ def histograms(ctx, rows: list[tuple], limits: dict[str, float]) -> str:
 
 def thumbnail(data: bytes) -> bytes | None:
     try:
-        img = Image.open(io.BytesIO(data))
+        img = decode(data)
         img.thumbnail((160, 160))
         buf = io.BytesIO()
-        img.convert("RGB").save(buf, format="JPEG", quality=80)
+        img.save(buf, format="JPEG", quality=80)
         return buf.getvalue()
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except ImageRejected:
         return None  # the undecodable rows are exactly the ones the grid cannot show
 
 

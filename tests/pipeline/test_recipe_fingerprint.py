@@ -53,7 +53,7 @@ def test_a_same_size_edit_changes_the_hash(recipe):
 
 def test_a_stage_version_bump_changes_the_hash(recipe, monkeypatch):
     before = load_recipe(recipe).hash
-    monkeypatch.setattr(CleanPrompts, "version", 2)
+    monkeypatch.setattr(CleanPrompts, "version", CleanPrompts.version + 1)
     assert load_recipe(recipe).hash != before
 
 

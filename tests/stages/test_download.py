@@ -76,10 +76,12 @@ def test_successes_failures_and_blocked(tmp_path):
     # a timeout may pass: retried on resume, not final (tests/stages/test_download_resume.py)
     assert got["slow"]["reason"] == "download_transient" and "timed out" in got["slow"]["detail"]
     assert got["slow"]["download_attempts"] == 1
-    assert got["text"]["reason"] == "resize_failed"
-    assert got["trunc"]["status"] == "failed" and got["trunc"]["detail"]
-    for key in ("private", "meta", "file"):
+    # the one decoder (stages/image_checks.py) decodes what img2dataset fetched
+    assert got["text"]["reason"] == "undecodable_image" and "starts with b'<html>" in got["text"]["detail"]
+    assert got["trunc"]["status"] == "failed" and got["trunc"]["reason"] in ("truncated_image", "undecodable_image")  # cut in the headers
+    for key in ("private", "meta"):
         assert (got[key]["status"], got[key]["reason"]) == ("failed", "blocked_address")
+    assert (got["file"]["reason"], got["file"]["detail"]) == ("bad_url", "scheme 'file' is not http(s): file:///etc/passwd")
 
 
 def test_loopback_refused_by_default_and_bad_meta_recorded(tmp_path):
