@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -10,8 +11,9 @@ import json
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -118,13 +120,14 @@ class DownloadImages(Stage):
             results, attempts = self._fetch_guarded(wanted) if wanted else ({}, {})
         images, widths, heights = [], [], []
         image_col, w_col, h_col = (batch.column(c).to_pylist() for c in ("image", "width", "height"))
+        stored = self._decode_fetched(results)
         for i, sid in enumerate(ids):
             if sid in wanted:
                 res = results.get(sid)
                 verdicts[i] = self._verdict(res, attempts[sid])
                 if verdicts[i][0] == STATUS_KEPT:
                     try:  # img2dataset fetched the bytes; the one decoder decodes (stages/download_resize.py)
-                        data, w_col[i], h_col[i], notes = stored_image(res[self.config.encode_format], self.config)
+                        data, w_col[i], h_col[i], notes = stored[sid]()
                     except ImageRejected as err:  # permanent: the bytes are what the server serves
                         verdicts[i] = (STATUS_FAILED, err.reason, f"{wanted[sid][:200]}: {err}")
                     except (OSError, ValueError) as err:  # decoded, but could not be re-encoded
@@ -143,6 +146,16 @@ class DownloadImages(Stage):
         if ATTEMPTS.name in out.column_names:
             return out.set_column(out.schema.get_field_index(ATTEMPTS.name), ATTEMPTS, tried)
         return out.append_column(ATTEMPTS, tried)
+
+    def _decode_fetched(self, results: dict[str, dict]) -> dict[str, Callable[[], tuple]]:
+        """Decode and resize every fetched image on `processes_count` threads (PIL releases the GIL
+        while it decodes, resizes and encodes), as img2dataset's worker processes did; each value
+        returns the result or raises what `stored_image` raised."""
+        fetched = {sid: res[self.config.encode_format] for sid, res in results.items() if res and res.get("status") == "success"}
+        with ThreadPoolExecutor(max_workers=self.config.processes_count) as pool:
+            futures = {sid: pool.submit(stored_image, data, self.config) for sid, data in fetched.items()}
+            concurrent.futures.wait(futures.values())
+        return {sid: fut.result for sid, fut in futures.items()}
 
     def _verdict(self, res: dict | None, attempt: int) -> tuple[str, str | None, str | None]:
         if res is None:  # its img2dataset shard never finished (a worker died): try again on resume
