@@ -3,7 +3,8 @@
 The only module that imports ray. The unit of work is a partition (a Parquet file of at most
 `rows_per_partition` rows); a stage's output for a partition is committed by an atomic rename
 and is its own completion marker, so a rerun after a crash skips what is done. Global stages
-(dedup across the build) plan on the driver from all kept rows, then map like any other.
+plan from all kept rows, then map like any other; dedup stages plan on Ray (pipeline/dedup_plan.py),
+over several sources when their step says `scope: build`, and those sources wait for each other there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from catalog.db import CATALOG_FILE, Catalog
 from pipeline import workdir
+from pipeline.dedup_plan import Member
 from pipeline.mix import SourceRows, mix_stage
 from pipeline.recipe import Recipe, SourcePlan
 from stages.base import SOURCES, STAGES, Stage, StageContext
@@ -50,7 +52,20 @@ def selected_sources(recipe: Recipe, only: str | None) -> list[str]:
         raise BuildError(f"--only {only}: no such training stage in {recipe.path.name}; known: {sorted(recipe.mix.stages)}")
     mixed = {s for spec in recipe.mix.stages.values() for s in spec.sources}
     wanted = set(recipe.mix.stages[only].sources)
+    for members in plan_groups(recipe).values():  # a build-wide dedup needs all the sources it covers
+        if wanted & set(members):
+            wanted |= set(members)
     return [s for s in recipe.sources if s in wanted or s not in mixed]
+
+
+def plan_groups(recipe: Recipe) -> dict[str, list[str]]:
+    """Build-wide dedup steps (`scope: build`): stage name -> the sources it covers, in recipe order."""
+    groups: dict[str, list[str]] = {}
+    for name, plan in recipe.sources.items():
+        for step in plan.steps:
+            if getattr(step, "scope", None) == "build":
+                groups.setdefault(step.stage, []).append(name)
+    return groups
 
 
 def build_id_for(recipe: Recipe) -> str:
@@ -72,7 +87,7 @@ def run_build(recipe: Recipe, options: BuildOptions) -> str:
     catalog.start_build(build_id, recipe.name, recipe.path, recipe.path.read_text(), recipe.hash, _versions())
     try:
         _init_ray(options.address)
-        finals = {name: _run_source(recipe, recipe.sources[name], chains[name], contexts[name], out, catalog) for name in names}
+        finals = _run_sources(recipe, names, chains, contexts, out, catalog)
         for stage_name, spec in recipe.mix.stages.items():
             if options.only is not None and stage_name != options.only:
                 continue
@@ -139,7 +154,61 @@ def _init_ray(address: str | None) -> None:
     ctx.enable_progress_bars = True
 
 
-def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: StageContext, out: Path, catalog: Catalog) -> SourceRows:
+@dataclass
+class _PlanWait:
+    """A source stopped before a dedup step until the plan over every source it covers is made."""
+
+    group: str
+    member: Member
+    stage: Stage
+    needed: bool  # some of its partitions are still to do
+
+
+def _run_sources(recipe: Recipe, names: list[str], chains, contexts, out: Path, catalog: Catalog) -> dict[str, SourceRows]:
+    """Run each source's chain; at a dedup step a source waits until every source the step covers
+    is there, then one distributed plan serves them all (a source alone is a group of one)."""
+    from pipeline.dedup_plan import plan as dedup_plan
+
+    runs = {n: _run_source(recipe, recipe.sources[n], chains[n], contexts[n], out, catalog) for n in names}
+    groups = plan_groups(recipe)
+    finals: dict[str, SourceRows] = {}
+    waiting: dict[str, _PlanWait] = {}
+
+    def advance(name: str) -> None:
+        try:
+            waiting[name] = next(runs[name])
+        except StopIteration as done:
+            finals[name] = done.value
+
+    for name in names:
+        advance(name)
+    while waiting:
+        ready = [g for g in dict.fromkeys(w.group for w in waiting.values())
+                 if all(waiting.get(m) is not None and waiting[m].group == g for m in _members(g, groups, names))]
+        if not ready:
+            raise BuildError(f"dedup steps wait on each other in a cycle: {sorted((n, w.group) for n, w in waiting.items())}; "
+                             "order the build-wide dedup steps the same way in every source")
+        group = ready[0]
+        members = [waiting.pop(m) for m in _members(group, groups, names)]
+        if any(w.needed for w in members):
+            log.info("planning %s over %s", group, ", ".join(w.member.source for w in members))
+            plan_dir = dedup_plan(members[0].stage.config, [w.member for w in members], out / "work" / "_plans" / group)
+            for w in members:
+                w.stage.use_plan(plan_dir)
+        for w in members:
+            advance(w.member.source)
+    return finals
+
+
+def _members(group: str, groups: dict[str, list[str]], names: list[str]) -> list[str]:
+    """`dedup_prompts` (build-wide) -> its selected sources; `mj_prompts.dedup_prompts` -> that source."""
+    if group in groups:
+        return [n for n in groups[group] if n in names]
+    return [group.split(".", 1)[0]]
+
+
+def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: StageContext, out: Path, catalog: Catalog):
+    """A generator: yields a _PlanWait before each dedup step, returns the source's final rows."""
     source = SOURCES[plan.config.kind](plan.config, context)
     source.preflight()
     root = out / "work" / plan.name
@@ -160,6 +229,10 @@ def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: 
         todo = [p for p in parts if not all((d / p).exists() for d in dirs)]
         log.info("%s steps %s: %d partitions (%d already done)", plan.name,
                  ", ".join(f"{n}.{s.name}" for n, s in segment), len(parts), len(parts) - len(todo))
+        first = segment[0][1]
+        if hasattr(first, "use_plan"):
+            group = first.name if getattr(first.config, "scope", "source") == "build" else f"{plan.name}.{first.name}"
+            yield _PlanWait(group, Member(plan.name, prev_dir, tuple(parts)), first, bool(todo))
         if todo:
             _run_segment(segment, dirs, prev_dir, parts, todo, plan.name)
         for (step, stage), stage_dir in zip(segment, dirs):
@@ -213,7 +286,7 @@ def _run_segment(segment, dirs: list[Path], prev_dir: Path, parts: list[str], to
     import ray
 
     first = segment[0][1]
-    if first.is_global and not all((dirs[0] / p).exists() for p in parts):
+    if first.is_global and getattr(first, "plan_dir", None) is None and not all((dirs[0] / p).exists() for p in parts):
         first.plan(workdir.read_kept(prev_dir, parts, ["sample_id", *first.needs]).sort_by("sample_id"))
     ds = ray.data.from_items([{"part": p} for p in todo], override_num_blocks=len(todo))
     in_dir = prev_dir
@@ -256,6 +329,8 @@ class _RunStage:
             table = workdir.read_kept(self.in_dir, [part])
             previous = workdir.previous_output(self.out_dir, part)
             t0 = time.perf_counter()
+            if hasattr(self.stage, "open_partition"):
+                self.stage.open_partition(part)  # a distributed plan's decisions for this partition
             if previous.exists() and table.num_rows:  # reopened on resume (see _reopen)
                 result = self.stage.resume(table, pq.read_table(previous))
             else:

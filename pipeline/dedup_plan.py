@@ -1,0 +1,376 @@
+"""Distributed dedup plans: dedup_prompts and dedup_images planned as Ray tasks over one or more
+sources' partitions, with each process's memory bounded by its shard, chunk or cluster.
+
+The driver holds object refs only: rows, signatures, embeddings and decisions move between tasks
+through Ray's object store, and the decisions land on disk, one file per partition
+(stages/dedup_shared.py), which the stage's process() reads for its own partition.
+
+Prompts: map tasks normalise, key (128-bit hash of the normalised text) and sketch their chunk;
+signatures go to shards by key, LSH band keys to buckets by band key. Each bucket task turns its
+colliding bands into candidate pairs (one entry per text, so exact copies add no pairs); each
+shard-pair task verifies its pairs against the two shards' signatures; one task runs plan()'s
+greedy over the verified edges (few: they are near-duplicates); each shard task resolves exact
+copies; each chunk's task writes its partitions' decisions. The decisions equal plan()'s.
+
+Images: exact groups by pixel hash in shard tasks (best ranked copy kept); the remaining rows go
+to k-means clusters (centroids fitted in one task on a sample), and each cluster task runs
+plan()'s greedy within its cluster (SemDeDup). With one cluster the decisions equal plan()'s.
+
+This module and pipeline/runner.py are the ones that use Ray (imported where it is used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import workdir
+from pipeline.schema import SCORES_TYPE, STATUS_KEPT
+from stages import dedup_images as di
+from stages import prompt_dedup as pd
+from stages.dedup_shared import PLAN_DONE, concat, fixed_list, matrix, split_by, write_decisions
+
+
+@dataclass(frozen=True)
+class Member:
+    """One source's input to the plan: its previous step's directory and partitions."""
+
+    source: str
+    prev_dir: Path
+    parts: tuple[str, ...]
+
+
+Chunk = list[tuple[str, str, str]]  # (source, directory, part) read by one map task
+OUT = pa.schema([("sample_id", pa.string()), ("source", pa.string()), ("part", pa.string()),
+                 ("reason", pa.string()), ("detail", pa.string()), ("chunk", pa.int32())])
+
+
+def plan(config, members: list[Member], plan_dir: Path) -> Path:
+    """Plan `config` (a dedup_prompts or dedup_images config) over `members`; decisions under
+    plan_dir, written into a fresh directory and renamed, so a plan dir that exists is complete."""
+    plan_dir = Path(plan_dir)
+    tmp = plan_dir.with_name(plan_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(plan_dir, ignore_errors=True)
+    chunks = _chunks(members, config.chunk_rows)
+    rows = workdir.count_rows([Path(d) / p for c in chunks for _, d, p in c])
+    planner = _plan_prompts if config.stage == "dedup_prompts" else _plan_images
+    counts = planner(config, chunks, rows, tmp)
+    workdir.write_atomic(tmp / PLAN_DONE, json.dumps({"stage": config.stage, "sources": [m.source for m in members],
+                                                     "rows": rows, **counts}).encode())
+    tmp.rename(plan_dir)
+    return plan_dir
+
+
+def _chunks(members: list[Member], chunk_rows: int) -> list[Chunk]:
+    chunks: list[Chunk] = [[]]
+    size = 0
+    for m in members:
+        for p in m.parts:
+            n = pq.read_metadata(m.prev_dir / p).num_rows
+            if chunks[-1] and size + n > chunk_rows:
+                chunks.append([])
+                size = 0
+            chunks[-1].append((m.source, str(m.prev_dir), p))
+            size += n
+    return chunks
+
+
+def _read_chunk(chunk: Chunk, schema: pa.Schema, index: int) -> pa.Table:
+    """The kept rows of a chunk's partitions (`schema`'s columns), with source, part and chunk."""
+    tables = [schema.empty_table().append_column("source", pa.array([], pa.string())).append_column("part", pa.array([], pa.string()))]
+    for source, directory, part in chunk:
+        path = Path(directory) / part
+        if pq.read_metadata(path).num_rows == 0:  # an empty partition may lack work-only columns
+            continue
+        t = pq.read_table(path, columns=schema.names, filters=[("status", "=", STATUS_KEPT)]).cast(schema)
+        tables.append(t.append_column("source", pa.array([source] * t.num_rows, pa.string()))
+                       .append_column("part", pa.array([part] * t.num_rows, pa.string())))
+    t = pa.concat_tables(tables).combine_chunks()
+    return t.append_column("chunk", pa.array(np.full(t.num_rows, index, np.int32)))
+
+
+def _call(fn, n: int, *args, **options):
+    """Run fn as a Ray task with n returns; always a list of refs."""
+    import ray
+
+    refs = ray.remote(fn).options(num_returns=n, **options).remote(*args)
+    return [refs] if n == 1 else refs
+
+
+def _write(plan_dir: str, chunk: Chunk, *decisions: pa.Table) -> int:
+    t = concat(decisions, OUT)
+    for source in sorted({s for s, _, _ in chunk}):
+        write_decisions(Path(plan_dir), source, [p for s, _, p in chunk if s == source], t.filter(pc.equal(t["source"], source)))
+    return t.num_rows
+
+
+def _decisions(sids, sources, parts, chunks, reasons, details, n_chunks: int) -> list[pa.Table]:
+    t = pa.table([pa.array(sids, pa.string()), pa.array(sources, pa.string()), pa.array(parts, pa.string()),
+                  pa.array(reasons, pa.string()), pa.array(details, pa.string()), pa.array(chunks, pa.int32())], schema=OUT)
+    return split_by(t, np.asarray(chunks, np.int64), n_chunks)
+
+
+# -- prompts -------------------------------------------------------------------------------------
+PROMPT_IN = pa.schema([("sample_id", pa.string()), ("prompt", pa.string())])
+SHARD = pa.schema([("sample_id", pa.string()), ("key_hi", pa.uint64()), ("key_lo", pa.uint64()), ("source", pa.string()),
+                   ("part", pa.string()), ("chunk", pa.int32())])
+BAND = pa.schema([("band_key", pa.uint64()), ("key_hi", pa.uint64()), ("key_lo", pa.uint64()),
+                  ("sample_id", pa.string()), ("shard", pa.int32())])
+PAIR = pa.schema([("a", pa.string()), ("b", pa.string()), ("shard_a", pa.int32()), ("shard_b", pa.int32())])
+EDGE = pa.schema([*PAIR, ("score", pa.float64())])
+NEAR = pa.schema([("sample_id", pa.string()), ("leader", pa.string()), ("score", pa.float64())])
+
+
+def _pair_index(sa: int, sb: int) -> int:
+    sa, sb = min(sa, sb), max(sa, sb)
+    return sb * (sb + 1) // 2 + sa
+
+
+def _plan_prompts(cfg, chunks: list[Chunk], rows: int, plan_dir: Path) -> dict:
+    import ray
+
+    n_shards = max(1, math.ceil(rows / cfg.shard_rows))
+    n_buckets, n_pairs, n_chunks = n_shards, n_shards * (n_shards + 1) // 2, len(chunks)
+    bands = pd.band_shape(cfg)
+    maps = [_call(_prompt_map, 2 * n_shards + n_buckets, c, i, cfg, n_shards, n_buckets, bands) for i, c in enumerate(chunks)]
+    shards = [[m[s] for m in maps] for s in range(n_shards)]  # (sample_id, key, source, part, chunk)
+    sigs = [[m[n_shards + s] for m in maps] for s in range(n_shards)]  # (sample_id, sig)
+    buckets = [_call(_prompt_buckets, n_pairs, n_shards, *[m[2 * n_shards + r] for m in maps]) for r in range(n_buckets)]
+    edges = [_call(_prompt_verify, 1, cfg.threshold, cfg.num_perm, *sigs[sa], *(sigs[sb] if sb != sa else []),
+                   *[b[_pair_index(sa, sb)] for b in buckets])[0]
+             for sb in range(n_shards) for sa in range(sb + 1)]
+    near = _call(_prompt_greedy, n_shards, n_shards, *edges)
+    finals = [_call(_prompt_final, n_chunks, n_chunks, near[s], *shards[s]) for s in range(n_shards)]
+    written = ray.get([ray.remote(_write).remote(str(plan_dir), c, *[f[i] for f in finals]) for i, c in enumerate(chunks)])
+    return {"shards": n_shards, "chunks": n_chunks, "filtered": sum(written)}
+
+
+def _prompt_map(chunk: Chunk, index: int, cfg, n_shards: int, n_buckets: int, bands: tuple[int, int]):
+    t = _read_chunk(chunk, PROMPT_IN, index).sort_by("sample_id")
+    norms, keys = pd.exact_keys(t["prompt"].to_pylist())
+    first: dict[tuple[int, int], int] = {}
+    for i, (hi, lo) in enumerate(keys.tolist()):
+        first.setdefault((hi, lo), i)
+    unique = np.fromiter(first.values(), np.int64, len(first))  # first row of each text in this chunk
+    sigs = pd.signatures([norms[i].split() for i in unique], cfg)
+    shard = (keys[:, 0] % np.uint64(n_shards)).astype(np.int64)
+    keys = np.ascontiguousarray(keys)
+    base = pa.table([t["sample_id"], pa.array(keys[:, 0].copy()), pa.array(keys[:, 1].copy()), t["source"], t["part"], t["chunk"]], schema=SHARD)
+    sig_table = pa.table({"sample_id": t["sample_id"].take(pa.array(unique)), "sig": fixed_list(sigs)})
+    band = pd.band_keys(sigs, *bands).reshape(-1)  # [unique * bands]
+    rep = np.repeat(unique, bands[0])
+    entries = pa.table([pa.array(band), pa.array(keys[rep, 0]), pa.array(keys[rep, 1]),
+                        t["sample_id"].take(pa.array(rep)), pa.array(shard[rep].astype(np.int32))], schema=BAND)
+    return (*split_by(base, shard, n_shards), *split_by(sig_table, shard[unique], n_shards),
+            *split_by(entries, (band % np.uint64(n_buckets)).astype(np.int64), n_buckets))
+
+
+def _prompt_buckets(n_shards: int, *tables: pa.Table):
+    """Colliding bands -> candidate pairs, one entry per text (its smallest sample_id)."""
+    n_pairs = n_shards * (n_shards + 1) // 2
+    t = concat(tables, BAND).sort_by([("band_key", "ascending"), ("key_hi", "ascending"), ("key_lo", "ascending"), ("sample_id", "ascending")])
+    bk, hi, lo = (t[c].to_numpy() for c in ("band_key", "key_hi", "key_lo"))
+    first_of_text = np.ones(len(bk), bool)
+    first_of_text[1:] = (bk[1:] != bk[:-1]) | (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    t, bk = t.filter(pa.array(first_of_text)), bk[first_of_text]
+    shared = np.zeros(len(bk), bool)
+    shared[1:] |= bk[1:] == bk[:-1]
+    shared[:-1] |= bk[:-1] == bk[1:]
+    idx = np.flatnonzero(shared)
+    sids, shard, keys = t["sample_id"].take(pa.array(idx)).to_pylist(), t["shard"].to_numpy()[idx], bk[idx]
+    a, b, sa, sb, dest = [], [], [], [], []
+    start = 0
+    for end in range(1, len(idx) + 1):
+        if end == len(idx) or keys[end] != keys[start]:
+            group = sorted(zip(sids[start:end], shard[start:end]))
+            for i, (x, sx) in enumerate(group):
+                for y, sy in group[i + 1:]:
+                    a.append(x), b.append(y), sa.append(int(sx)), sb.append(int(sy)), dest.append(_pair_index(int(sx), int(sy)))
+            start = end
+    pairs = pa.table([pa.array(a, pa.string()), pa.array(b, pa.string()), pa.array(sa, pa.int32()), pa.array(sb, pa.int32())], schema=PAIR)
+    out = split_by(pairs, np.asarray(dest, np.int64), n_pairs)
+    return out if n_pairs > 1 else out[0]
+
+
+def _prompt_verify(threshold: float, num_perm: int, *tables: pa.Table) -> pa.Table:
+    """Candidate pairs of one shard pair -> the verified ones (estimated Jaccard >= threshold)."""
+    sig_tables = [t for t in tables if "sig" in t.column_names]
+    pairs = concat([t for t in tables if "sig" not in t.column_names], PAIR)
+    if not pairs.num_rows:
+        return EDGE.empty_table()
+    pairs = pairs.group_by(["a", "b", "shard_a", "shard_b"]).aggregate([])  # a pair may collide in several bands
+    wanted = pc.unique(pa.concat_arrays([pairs["a"].combine_chunks(), pairs["b"].combine_chunks()]))
+    sig = pa.concat_tables([t.filter(pc.is_in(t["sample_id"], value_set=wanted)) for t in sig_tables])
+    row = {sid: i for i, sid in enumerate(sig["sample_id"].to_pylist())}
+    values = matrix(sig["sig"], num_perm, np.uint32)
+    a, b = pairs["a"].to_pylist(), pairs["b"].to_pylist()
+    ia, ib = np.asarray([row[x] for x in a]), np.asarray([row[y] for y in b])
+    score = np.count_nonzero(values[ia] == values[ib], axis=1) / num_perm
+    keep = pa.array(score >= threshold)
+    return pa.table([pairs["a"], pairs["b"], pairs["shard_a"], pairs["shard_b"], pa.array(score)], schema=EDGE).filter(keep)
+
+
+def _prompt_greedy(n_shards: int, *edges: pa.Table):
+    """plan()'s greedy over every verified edge (near-duplicates only, so few) -> drops per shard."""
+    t = concat(edges, EDGE)
+    a, b = t["a"].to_pylist(), t["b"].to_pylist()
+    dropped = pd.greedy_over_edges(list(zip(a, b, t["score"].to_pylist())))
+    shard_of = dict(zip(a, t["shard_a"].to_pylist())) | dict(zip(b, t["shard_b"].to_pylist()))
+    sids = sorted(dropped)
+    near = pa.table([pa.array(sids, pa.string()), pa.array([dropped[s][0] for s in sids], pa.string()),
+                     pa.array([dropped[s][1] for s in sids], pa.float64())], schema=NEAR)
+    out = split_by(near, np.asarray([shard_of[s] for s in sids], np.int64), n_shards)  # a text's copies live in its shard
+    return out if n_shards > 1 else out[0]
+
+
+def _prompt_final(n_chunks: int, near: pa.Table, *shard: pa.Table):
+    """Exact copies (the smallest sample_id of a text stays) and near drops of one shard -> decisions."""
+    t = concat(shard, SHARD).sort_by([("key_hi", "ascending"), ("key_lo", "ascending"), ("sample_id", "ascending")])
+    near_of = dict(zip(near["sample_id"].to_pylist(), zip(near["leader"].to_pylist(), near["score"].to_pylist())))
+    hi, lo = t["key_hi"].to_numpy(), t["key_lo"].to_numpy()
+    copy = np.zeros(len(hi), bool)
+    copy[1:] = (hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])
+    sids = t["sample_id"].to_pylist()
+    out = ([], [], [], [], [], [])
+    leader = None
+    cols = [t[c].to_pylist() for c in ("source", "part", "chunk")]
+    for i, sid in enumerate(sids):
+        if not copy[i]:
+            leader = sid
+            if sid not in near_of:
+                continue
+            reason, detail = "near_duplicate", pd.near_detail(*near_of[sid])
+        elif leader in near_of:  # a copy of a near-duplicate points at the kept prompt, as in plan()
+            reason, detail = "near_duplicate", pd.near_detail(*near_of[leader])
+        else:
+            reason, detail = "duplicate", leader
+        for col, value in zip(out, (sid, cols[0][i], cols[1][i], cols[2][i], reason, detail)):
+            col.append(value)
+    parts = _decisions(*out, n_chunks)
+    return parts if n_chunks > 1 else parts[0]
+
+
+# -- images --------------------------------------------------------------------------------------
+IMAGE_IN = pa.schema([("sample_id", pa.string()), ("pixel_hash", pa.string()), ("scores", SCORES_TYPE),
+                      ("clip_embedding", pa.list_(pa.float32()))])
+IMG_SHARD = pa.schema([("sample_id", pa.string()), ("pixel_hash", pa.string()), ("aesthetic", pa.float64()),
+                       ("source", pa.string()), ("part", pa.string()), ("chunk", pa.int32())])
+
+
+def _plan_images(cfg, chunks: list[Chunk], rows: int, plan_dir: Path) -> dict:
+    import ray
+
+    n_shards = max(1, math.ceil(rows / cfg.shard_rows))
+    n_chunks = len(chunks)
+    maps = [_call(_image_map, n_shards + 2, c, i, n_shards, cfg.kmeans_sample) for i, c in enumerate(chunks)]
+    exact = [_call(_image_exact, n_chunks, n_chunks, *[m[s] for m in maps]) for s in range(n_shards)]
+    kept_rows = sum(ray.get([m[n_shards + 1] for m in maps]))  # ints
+    n_clusters = max(1, math.ceil(kept_rows / cfg.cluster_rows))
+    centroids = _call(_kmeans, 1, n_clusters, cfg.kmeans_iterations, *[m[n_shards] for m in maps])[0]
+    assigned = [_call(_image_assign, n_clusters, c, i, centroids, *[e[i] for e in exact]) for i, c in enumerate(chunks)]
+    clusters = [_call(_image_cluster, n_chunks, n_chunks, cfg.near_threshold, cfg.block_rows, *[a[k] for a in assigned])
+                for k in range(n_clusters)]
+    written = ray.get([ray.remote(_write).remote(str(plan_dir), c, *[e[i] for e in exact], *[k[i] for k in clusters])
+                       for i, c in enumerate(chunks)])
+    return {"shards": n_shards, "chunks": n_chunks, "clusters": n_clusters, "filtered": sum(written)}
+
+
+def _aesthetic(t: pa.Table) -> pa.Array:
+    return pc.struct_field(t["scores"], "aesthetic").cast(pa.float64())
+
+
+def _image_map(chunk: Chunk, index: int, n_shards: int, sample: int):
+    t = _read_chunk(chunk, IMAGE_IN, index)
+    h = t["pixel_hash"].to_pylist()
+    shard = np.asarray([int.from_bytes(hashlib.blake2b(x.encode(), digest_size=8).digest(), "big") % n_shards if x else 0
+                        for x in h], np.int64)
+    base = pa.table([t["sample_id"], t["pixel_hash"], _aesthetic(t), t["source"], t["part"], t["chunk"]], schema=IMG_SHARD)
+    has = pc.fill_null(pc.greater(pc.list_value_length(t["clip_embedding"]), 0), False)
+    emb = t["clip_embedding"].filter(has)
+    pick = np.random.default_rng(index).permutation(len(emb))[:sample]
+    return (*split_by(base, shard, n_shards), emb.take(pa.array(pick)).combine_chunks(), t.num_rows)
+
+
+def _image_exact(n_chunks: int, *tables: pa.Table):
+    """Same decoded pixels: the best-ranked copy stays (plan()'s order)."""
+    t = concat(tables, IMG_SHARD)
+    rows = sorted(zip(t["sample_id"].to_pylist(), t["pixel_hash"].to_pylist(), t["aesthetic"].to_pylist(),
+                      t["source"].to_pylist(), t["part"].to_pylist(), t["chunk"].to_pylist()),
+                  key=lambda r: di.rank_key(r[0], r[2]))
+    first: dict[str, str] = {}
+    out = ([], [], [], [], [], [])
+    for sid, h, _, source, part, chunk in rows:
+        if h is None:
+            continue
+        if h in first:
+            for col, v in zip(out, (sid, source, part, chunk, "exact_duplicate", di.duplicate_detail(first[h], "same decoded pixels"))):
+                col.append(v)
+        else:
+            first[h] = sid
+    parts = _decisions(*out, n_chunks)
+    return parts if n_chunks > 1 else parts[0]
+
+
+def _kmeans(k: int, iterations: int, *samples) -> np.ndarray | None:
+    """Spherical k-means on the sampled embeddings (cosine, as the near test); None for one cluster."""
+    if k == 1:
+        return None
+    x = np.concatenate([matrix(s, None, np.float32) for s in samples if len(s)])
+    x /= np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    rng = np.random.default_rng(0)
+    centroids = x[rng.choice(len(x), size=min(k, len(x)), replace=False)]
+    for _ in range(iterations):
+        label = np.argmax(x @ centroids.T, axis=1)
+        for j in range(len(centroids)):
+            members = x[label == j]
+            if len(members):
+                c = members.sum(0)
+                centroids[j] = c / max(np.linalg.norm(c), 1e-12)
+    return centroids
+
+
+def _image_assign(chunk: Chunk, index: int, centroids: np.ndarray | None, *copies: pa.Table):
+    """This chunk's rows that survived exact dedup, with embeddings, to their nearest centroid."""
+    k = 1 if centroids is None else len(centroids)
+    t = _read_chunk(chunk, IMAGE_IN, index)
+    gone = pa.concat_arrays([c["sample_id"].combine_chunks() for c in copies] + [pa.array([], pa.string())])
+    keep = pc.and_(pc.invert(pc.is_in(t["sample_id"], value_set=gone)),
+                   pc.fill_null(pc.greater(pc.list_value_length(t["clip_embedding"]), 0), False))
+    t = t.filter(keep)
+    t = pa.table({"sample_id": t["sample_id"], "aesthetic": _aesthetic(t), "source": t["source"], "part": t["part"],
+                  "chunk": t["chunk"], "clip_embedding": t["clip_embedding"]})
+    if k == 1 or not t.num_rows:
+        label = np.zeros(t.num_rows, np.int64)
+    else:
+        emb = matrix(t["clip_embedding"], None, np.float32)
+        label = np.argmax(emb @ centroids.T, axis=1)
+    out = split_by(t, label, k)
+    return out if k > 1 else out[0]
+
+
+def _image_cluster(n_chunks: int, threshold: float, block_rows: int, *tables: pa.Table):
+    """plan()'s greedy near dedup inside one cluster, rows in plan()'s rank order."""
+    tables = [t for t in tables if t.num_rows]
+    out = ([], [], [], [], [], [])
+    if tables:
+        t = pa.concat_tables(tables).combine_chunks()
+        order = sorted(range(t.num_rows), key=lambda i, s=t["sample_id"].to_pylist(), a=t["aesthetic"].to_pylist(): di.rank_key(s[i], a[i]))
+        t = t.take(pa.array(order, pa.int64()))
+        sids = t["sample_id"].to_pylist()
+        emb = matrix(t["clip_embedding"], None, np.float32)
+        source, part, chunk = (t[c].to_pylist() for c in ("source", "part", "chunk"))
+        for j, of, sim in di.greedy_near(emb, threshold, block_rows):
+            for col, v in zip(out, (sids[j], source[j], part[j], chunk[j], "near_duplicate", di.duplicate_detail(sids[of], f"cosine {sim:.4f}"))):
+                col.append(v)
+    parts = _decisions(*out, n_chunks)
+    return parts if n_chunks > 1 else parts[0]
