@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from stages import dedup_images as di
 from stages import prompt_dedup as pd
 from stages.dedup_shared import PLAN_DONE, concat, fixed_list, matrix, split_by, write_decisions
 
+log = logging.getLogger("janus_forge.build")
+
 
 @dataclass(frozen=True)
 class Member:
@@ -47,6 +50,61 @@ class Member:
     source: str
     prev_dir: Path
     parts: tuple[str, ...]
+
+
+# -- which sources one plan covers: the runner's sources wait for each other at a shared step ------
+@dataclass
+class PlanWait:
+    """A source stopped before a dedup step until the plan over every source it covers is made."""
+
+    group: str  # the stage name (scope: build) or "<source>.<stage>"
+    member: Member
+    stage: object
+    needed: bool  # some of its partitions are still to do
+
+
+def plan_groups(recipe) -> dict[str, list[str]]:
+    """Build-wide dedup steps (`scope: build`): stage name -> the sources it covers, in recipe order."""
+    groups: dict[str, list[str]] = {}
+    for name, source in recipe.sources.items():
+        for step in source.steps:
+            if getattr(step, "scope", None) == "build":
+                groups.setdefault(step.stage, []).append(name)
+    return groups
+
+
+def run_sources(runs: dict, groups: dict[str, list[str]], plans_dir: Path) -> dict:
+    """Drive each source's run (a generator yielding PlanWait, returning its final rows): at a dedup
+    step a source waits until every selected source the step covers is there, then one plan
+    serves them all (a source alone is a group of one). Returns {source: final rows}."""
+    finals, waiting = {}, {}
+
+    def advance(name: str) -> None:
+        try:
+            waiting[name] = next(runs[name])
+        except StopIteration as done:
+            finals[name] = done.value
+
+    def members(group: str) -> list[str]:
+        return [n for n in groups[group] if n in runs] if group in groups else [group.split(".", 1)[0]]
+
+    for name in runs:
+        advance(name)
+    while waiting:
+        ready = [g for g in dict.fromkeys(w.group for w in waiting.values())
+                 if all(m in waiting and waiting[m].group == g for m in members(g))]
+        if not ready:
+            raise RuntimeError(f"dedup steps wait on each other in a cycle: {sorted((n, w.group) for n, w in waiting.items())}; "
+                               "order the build-wide dedup steps the same way in every source")
+        stops = [waiting.pop(m) for m in members(ready[0])]
+        if any(w.needed for w in stops):
+            log.info("planning %s over %s", ready[0], ", ".join(w.member.source for w in stops))
+            plan_dir = plan(stops[0].stage.config, [w.member for w in stops], plans_dir / ready[0])
+            for w in stops:
+                w.stage.use_plan(plan_dir)
+        for w in stops:
+            advance(w.member.source)
+    return finals
 
 
 Chunk = list[tuple[str, str, str]]  # (source, directory, part) read by one map task

@@ -1,7 +1,7 @@
 """The build runner: recipe → per-source stage chains on Ray Data → mixed shards → catalog.
 
-The only module that imports ray. The unit of work is a partition (a Parquet file of at most
-`rows_per_partition` rows); a stage's output for a partition is committed by an atomic rename
+With pipeline/dedup_plan.py, the only modules that import ray. The unit of work is a partition (a
+Parquet file of at most `rows_per_partition` rows); a stage's output for a partition is committed by an atomic rename
 and is its own completion marker, so a rerun after a crash skips what is done. Global stages
 plan from all kept rows, then map like any other; dedup stages plan on Ray (pipeline/dedup_plan.py),
 over several sources when their step says `scope: build`, and those sources wait for each other there.
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from catalog.db import CATALOG_FILE, Catalog
 from pipeline import workdir
-from pipeline.dedup_plan import Member
+from pipeline.dedup_plan import Member, PlanWait, plan_groups, run_sources
 from pipeline.mix import SourceRows, mix_stage
 from pipeline.recipe import Recipe, SourcePlan
 from stages.base import SOURCES, STAGES, Stage, StageContext
@@ -58,16 +58,6 @@ def selected_sources(recipe: Recipe, only: str | None) -> list[str]:
     return [s for s in recipe.sources if s in wanted or s not in mixed]
 
 
-def plan_groups(recipe: Recipe) -> dict[str, list[str]]:
-    """Build-wide dedup steps (`scope: build`): stage name -> the sources it covers, in recipe order."""
-    groups: dict[str, list[str]] = {}
-    for name, plan in recipe.sources.items():
-        for step in plan.steps:
-            if getattr(step, "scope", None) == "build":
-                groups.setdefault(step.stage, []).append(name)
-    return groups
-
-
 def build_id_for(recipe: Recipe) -> str:
     """Deterministic: a build is a function of its recipe, so resumed and clean builds agree."""
     return f"{recipe.name}-{recipe.hash[:12]}"
@@ -87,7 +77,8 @@ def run_build(recipe: Recipe, options: BuildOptions) -> str:
     catalog.start_build(build_id, recipe.name, recipe.path, recipe.path.read_text(), recipe.hash, _versions())
     try:
         _init_ray(options.address)
-        finals = _run_sources(recipe, names, chains, contexts, out, catalog)
+        runs = {n: _run_source(recipe, recipe.sources[n], chains[n], contexts[n], out, catalog) for n in names}
+        finals = run_sources(runs, plan_groups(recipe), out / "work" / "_plans")
         for stage_name, spec in recipe.mix.stages.items():
             if options.only is not None and stage_name != options.only:
                 continue
@@ -154,61 +145,8 @@ def _init_ray(address: str | None) -> None:
     ctx.enable_progress_bars = True
 
 
-@dataclass
-class _PlanWait:
-    """A source stopped before a dedup step until the plan over every source it covers is made."""
-
-    group: str
-    member: Member
-    stage: Stage
-    needed: bool  # some of its partitions are still to do
-
-
-def _run_sources(recipe: Recipe, names: list[str], chains, contexts, out: Path, catalog: Catalog) -> dict[str, SourceRows]:
-    """Run each source's chain; at a dedup step a source waits until every source the step covers
-    is there, then one distributed plan serves them all (a source alone is a group of one)."""
-    from pipeline.dedup_plan import plan as dedup_plan
-
-    runs = {n: _run_source(recipe, recipe.sources[n], chains[n], contexts[n], out, catalog) for n in names}
-    groups = plan_groups(recipe)
-    finals: dict[str, SourceRows] = {}
-    waiting: dict[str, _PlanWait] = {}
-
-    def advance(name: str) -> None:
-        try:
-            waiting[name] = next(runs[name])
-        except StopIteration as done:
-            finals[name] = done.value
-
-    for name in names:
-        advance(name)
-    while waiting:
-        ready = [g for g in dict.fromkeys(w.group for w in waiting.values())
-                 if all(waiting.get(m) is not None and waiting[m].group == g for m in _members(g, groups, names))]
-        if not ready:
-            raise BuildError(f"dedup steps wait on each other in a cycle: {sorted((n, w.group) for n, w in waiting.items())}; "
-                             "order the build-wide dedup steps the same way in every source")
-        group = ready[0]
-        members = [waiting.pop(m) for m in _members(group, groups, names)]
-        if any(w.needed for w in members):
-            log.info("planning %s over %s", group, ", ".join(w.member.source for w in members))
-            plan_dir = dedup_plan(members[0].stage.config, [w.member for w in members], out / "work" / "_plans" / group)
-            for w in members:
-                w.stage.use_plan(plan_dir)
-        for w in members:
-            advance(w.member.source)
-    return finals
-
-
-def _members(group: str, groups: dict[str, list[str]], names: list[str]) -> list[str]:
-    """`dedup_prompts` (build-wide) -> its selected sources; `mj_prompts.dedup_prompts` -> that source."""
-    if group in groups:
-        return [n for n in groups[group] if n in names]
-    return [group.split(".", 1)[0]]
-
-
 def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: StageContext, out: Path, catalog: Catalog):
-    """A generator: yields a _PlanWait before each dedup step, returns the source's final rows."""
+    """A generator: yields a PlanWait before each dedup step (see run_sources), returns the source's final rows."""
     source = SOURCES[plan.config.kind](plan.config, context)
     source.preflight()
     root = out / "work" / plan.name
@@ -232,7 +170,7 @@ def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: 
         first = segment[0][1]
         if hasattr(first, "use_plan"):
             group = first.name if getattr(first.config, "scope", "source") == "build" else f"{plan.name}.{first.name}"
-            yield _PlanWait(group, Member(plan.name, prev_dir, tuple(parts)), first, bool(todo))
+            yield PlanWait(group, Member(plan.name, prev_dir, tuple(parts)), first, bool(todo))
         if todo:
             _run_segment(segment, dirs, prev_dir, parts, todo, plan.name)
         for (step, stage), stage_dir in zip(segment, dirs):

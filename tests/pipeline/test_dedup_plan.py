@@ -9,10 +9,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import workdir
 from pipeline.dedup_plan import Member, plan
-from pipeline.recipe import load_recipe
+from pipeline.recipe import RecipeError, load_recipe
 from pipeline.runner import BuildOptions, run_build
 from pipeline.schema import make_rows
 from stages.base import StageContext, kept
@@ -166,3 +167,11 @@ def test_build_dedups_prompts_across_sources(tmp_path, local_ray):
     shutil.rmtree(out / "shards")
     run_build(load_recipe(tmp_path / "r.yaml"), BuildOptions(out=out))  # resume: all done, no new plan needed
     assert (out / "shards" / "stage2").is_dir()
+
+
+def test_build_scope_steps_must_agree(tmp_path):
+    (tmp_path / "yfcc.tsv").write_text((TINY / "yfcc100m_sample.tsv").read_text())
+    (tmp_path / "mj.jsonl").write_text(json.dumps({"prompt": "a watercolor fox sleeping in the snow"}) + "\n")
+    (tmp_path / "r.yaml").write_text(CROSS_RECIPE.replace("      - *dedup", "      - {stage: dedup_prompts, threshold: 0.7, scope: build}"))
+    with pytest.raises(RecipeError, match="same settings in every source"):
+        load_recipe(tmp_path / "r.yaml")
