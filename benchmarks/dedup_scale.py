@@ -1,6 +1,7 @@
 """Peak memory of the distributed dedup plans (pipeline/dedup_plan.py) as the input grows.
 
     python benchmarks/dedup_scale.py [--small] [--prompts 200000 2000000] [--embeddings 200000 1000000]
+    python benchmarks/dedup_scale.py --recall 20000 [10]   # near pairs lost to k-means vs plan()
 
 Each size runs in a fresh process with its own local Ray (2 CPUs): synthetic rows are written
 as work partitions first (by another process), then the plan runs and the script reads the peak
@@ -101,6 +102,39 @@ def _workers_of(session: str) -> list[str]:
     return [pid for pid, (ppid, cmd) in procs.items() if ppid in raylets and cmd.startswith("ray::")]
 
 
+def _rss_anon_kb(pid: str) -> int:
+    try:
+        found = re.search(r"RssAnon:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    except OSError:
+        return 0
+    return int(found.group(1)) if found else 0
+
+
+class PrivatePeak:
+    """Samples the private (anonymous) RSS of the session's workers: VmHWM also counts the pages of
+    Ray's shared-memory object store a worker has touched, which grow with the data, not the task."""
+
+    def __init__(self, session: str, every: float = 0.25):
+        import threading
+
+        self.session, self.every, self.peak_kb, self._stop = session, every, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        workers, listed = [], 0.0
+        while not self._stop.is_set():
+            if time.monotonic() - listed > 2.0:
+                workers, listed = _workers_of(self.session), time.monotonic()
+            self.peak_kb = max([self.peak_kb, *(_rss_anon_kb(p) for p in workers)])
+            self._stop.wait(self.every)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kb / 1024
+
+
 def run_plan(kind: str, data: Path) -> None:
     """Child process: plan over the partitions in `data`; print driver/worker peak RSS as JSON."""
     import ray
@@ -114,14 +148,51 @@ def run_plan(kind: str, data: Path) -> None:
     config = (DedupPromptsConfig(stage="dedup_prompts") if kind == "prompts"
               else DedupImagesConfig(near_threshold=0.99, cluster_rows=20_000))
     parts = tuple(sorted(p.name for p in data.glob("part-*.parquet")))
+    sampler = PrivatePeak(temp)
     t0 = time.perf_counter()
     plan_dir = plan(config, [Member("bench", data, parts)], data / "plan")
     seconds = time.perf_counter() - t0
+    private_mb = sampler.stop()
     info = json.loads((plan_dir / "_plan.json").read_text())
     workers = _workers_of(temp)
     print(json.dumps({"seconds": round(seconds, 1), "driver_mb": _hwm_kb("self") / 1024, "workers": len(workers),
-                      "worker_mb": max((_hwm_kb(p) for p in workers), default=0) / 1024, **info}))
+                      "worker_mb": max((_hwm_kb(p) for p in workers), default=0) / 1024,
+                      "worker_private_mb": private_mb, **info}))
     ray.shutdown()
+
+
+def split_recall(n: int, dim: int = 16, clusters: int = 10) -> dict:
+    """Near pairs k-means splits: the clustered plan vs the single-process all-pairs plan() on the
+    same planted set (low-dimensional, so cluster borders cut through near pairs more than CLIP's)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import ray
+
+    from pipeline.dedup_plan import Member, plan
+    from stages.base import StageContext
+    from stages.dedup_images import DedupImages, DedupImagesConfig
+    from stages.dedup_shared import decisions_file
+
+    with tempfile.TemporaryDirectory(prefix="dedup-recall-", dir="/tmp") as tmp:
+        data = Path(tmp)
+        write_embeddings(data, n, seed=1, dim=dim)
+        parts = tuple(sorted(p.name for p in data.glob("part-*.parquet")))
+        table = pq.read_table(data, columns=["sample_id", "pixel_hash", "scores", "clip_embedding"]).sort_by("sample_id")
+        config = DedupImagesConfig(near_threshold=0.99, cluster_rows=-(-n // clusters))
+        reference = DedupImages(config, StageContext("bench", 0, data, "bench", "generation"))
+        reference.plan(table)
+        want = {s: d[1] for s, d in reference.duplicates.items() if d[0] == "near_duplicate"}
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="dedup-scale-ray-", dir="/tmp"), log_to_driver=False)
+        plan_dir = plan(config, [Member("bench", data, parts)], data / "plan")
+        ray.shutdown()
+        got = {}
+        for p in parts:
+            t = pq.read_table(decisions_file(plan_dir, "bench", p))
+            got.update((s, d) for s, r, d in zip(t["sample_id"].to_pylist(), t["reason"].to_pylist(), t["detail"].to_pylist())
+                       if r == "near_duplicate")
+    found = len(set(want) & set(got))
+    return {"rows": n, "clusters": clusters, "near_dropped_all_pairs": len(want), "near_dropped_clustered": len(got),
+            "recall": round(found / max(1, len(want)), 4), "extra": len(set(got) - set(want))}
 
 
 def measure(kind: str, n: int) -> dict:
@@ -131,7 +202,7 @@ def measure(kind: str, n: int) -> dict:
         out = subprocess.run([sys.executable, __file__, "--run", kind, tmp], check=True, env=env, capture_output=True, text=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"{kind} {n:,}: {result['seconds']} s, driver peak {result['driver_mb']:.0f} MB, worker peak "
-          f"{result['worker_mb']:.0f} MB ({result['workers']} workers), filtered {result['filtered']:,}, "
+          f"{result['worker_mb']:.0f} MB ({result['workers']} workers; private, sampled: {result.get('worker_private_mb', 0):.0f} MB), filtered {result['filtered']:,}, "
           f"{result.get('shards')} shards, {result.get('clusters', '-')} clusters", flush=True)
     return result
 
@@ -142,6 +213,8 @@ def main() -> None:
         return write_prompts(out, n) if kind == "prompts" else write_embeddings(out, n)
     if sys.argv[1:2] == ["--run"]:
         return run_plan(sys.argv[2], Path(sys.argv[3]))
+    if sys.argv[1:2] == ["--recall"]:  # --recall N [CLUSTERS]
+        return print(json.dumps(split_recall(int(sys.argv[2]), clusters=int(sys.argv[3]) if sys.argv[3:] else 10)))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="20k/200k prompts and 20k/100k embeddings")
     parser.add_argument("--prompts", type=int, nargs=2, default=None)
