@@ -157,16 +157,36 @@ def _read_chunk(chunk: Chunk, schema: pa.Schema, index: int) -> pa.Table:
     return t.append_column("chunk", pa.array(np.full(t.num_rows, index, np.int32)))
 
 
-def _call(fn, n: int, *args, **options):
-    """Run fn as a Ray task with n returns; always a list of refs."""
+def _run(fn, calls: list[tuple]) -> list:
+    """Run fn as one Ray task per argument tuple and wait: each round of the plan is a barrier, and
+    what a task returns is a small number (its outputs are files), so the driver holds no data."""
     import ray
 
-    refs = ray.remote(fn).options(num_returns=n, **options).remote(*args)
-    return [refs] if n == 1 else refs
+    task = ray.remote(fn)
+    return ray.get([task.remote(*args) for args in calls])
 
 
-def _write(plan_dir: str, chunk: Chunk, *decisions: pa.Table) -> int:
-    t = concat(decisions, OUT)
+# Between rounds, rows move through files under the plan's scratch directory (the build directory
+# is a shared POSIX filesystem): <round>/<destination>/<source task>.parquet. Ray's object store
+# would do too, but it keeps small task outputs inline in their owner, the driver, and the
+# chunk x cluster outputs are many and small.
+def _emit(scratch: str, round_: str, src: int, tables: list[pa.Table]) -> int:
+    for dest, t in enumerate(tables):
+        if t.num_rows:
+            path = Path(scratch) / round_ / f"{dest:05d}" / f"{src:05d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(t, path)
+    return sum(t.num_rows for t in tables)
+
+
+def _gather(scratch: str, round_: str, dest: int, schema: pa.Schema) -> pa.Table:
+    folder = Path(scratch) / round_ / f"{dest:05d}"
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    return concat([pq.read_table(f) for f in files], schema)
+
+
+def _write(scratch: str, plan_dir: str, index: int, chunk: Chunk) -> int:
+    t = pa.concat_tables([_gather(scratch, "copy", index, OUT), _gather(scratch, "decision", index, OUT)], promote_options="permissive")
     for source in sorted({s for s, _, _ in chunk}):
         write_decisions(Path(plan_dir), source, [p for s, _, p in chunk if s == source], t.filter(pc.equal(t["source"], source)))
     return t.num_rows
@@ -195,25 +215,21 @@ def _pair_index(sa: int, sb: int) -> int:
 
 
 def _plan_prompts(cfg, chunks: list[Chunk], rows: int, plan_dir: Path) -> dict:
-    import ray
-
     n_shards = max(1, math.ceil(rows / cfg.shard_rows))
-    n_buckets, n_pairs, n_chunks = n_shards, n_shards * (n_shards + 1) // 2, len(chunks)
+    n_chunks, scratch = len(chunks), str(plan_dir / "_scratch")
     bands = pd.band_shape(cfg)
-    maps = [_call(_prompt_map, 2 * n_shards + n_buckets, c, i, cfg, n_shards, n_buckets, bands) for i, c in enumerate(chunks)]
-    shards = [[m[s] for m in maps] for s in range(n_shards)]  # (sample_id, key, source, part, chunk)
-    sigs = [[m[n_shards + s] for m in maps] for s in range(n_shards)]  # (sample_id, sig)
-    buckets = [_call(_prompt_buckets, n_pairs, n_shards, *[m[2 * n_shards + r] for m in maps]) for r in range(n_buckets)]
-    edges = [_call(_prompt_verify, 1, cfg.threshold, cfg.num_perm, *sigs[sa], *(sigs[sb] if sb != sa else []),
-                   *[b[_pair_index(sa, sb)] for b in buckets])[0]
-             for sb in range(n_shards) for sa in range(sb + 1)]
-    near = _call(_prompt_greedy, n_shards, n_shards, *edges)
-    finals = [_call(_prompt_final, n_chunks, n_chunks, near[s], *shards[s]) for s in range(n_shards)]
-    written = ray.get([ray.remote(_write).remote(str(plan_dir), c, *[f[i] for f in finals]) for i, c in enumerate(chunks)])
+    _run(_prompt_map, [(scratch, c, i, cfg, n_shards, bands) for i, c in enumerate(chunks)])
+    _run(_prompt_buckets, [(scratch, r, n_shards) for r in range(n_shards)])
+    _run(_prompt_verify, [(scratch, sa, sb, cfg.threshold, cfg.num_perm) for sb in range(n_shards) for sa in range(sb + 1)])
+    _run(_prompt_greedy, [(scratch, n_shards)])
+    _run(_prompt_final, [(scratch, s, n_chunks) for s in range(n_shards)])
+    written = _run(_write, [(scratch, str(plan_dir), i, c) for i, c in enumerate(chunks)])
+    shutil.rmtree(scratch)
     return {"shards": n_shards, "chunks": n_chunks, "filtered": sum(written)}
 
 
-def _prompt_map(chunk: Chunk, index: int, cfg, n_shards: int, n_buckets: int, bands: tuple[int, int]):
+def _prompt_map(scratch: str, chunk: Chunk, index: int, cfg, n_shards: int, bands: tuple[int, int]) -> int:
+    """Normalise, key and sketch a chunk: rows to shards by text key, band keys to buckets."""
     t = _read_chunk(chunk, PROMPT_IN, index).sort_by("sample_id")
     norms, keys = pd.exact_keys(t["prompt"].to_pylist())
     first: dict[tuple[int, int], int] = {}
@@ -222,21 +238,22 @@ def _prompt_map(chunk: Chunk, index: int, cfg, n_shards: int, n_buckets: int, ba
     unique = np.fromiter(first.values(), np.int64, len(first))  # first row of each text in this chunk
     sigs = pd.signatures([norms[i].split() for i in unique], cfg)
     shard = (keys[:, 0] % np.uint64(n_shards)).astype(np.int64)
-    keys = np.ascontiguousarray(keys)
     base = pa.table([t["sample_id"], pa.array(keys[:, 0].copy()), pa.array(keys[:, 1].copy()), t["source"], t["part"], t["chunk"]], schema=SHARD)
     sig_table = pa.table({"sample_id": t["sample_id"].take(pa.array(unique)), "sig": fixed_list(sigs)})
     band = pd.band_keys(sigs, *bands).reshape(-1)  # [unique * bands]
     rep = np.repeat(unique, bands[0])
     entries = pa.table([pa.array(band), pa.array(keys[rep, 0]), pa.array(keys[rep, 1]),
                         t["sample_id"].take(pa.array(rep)), pa.array(shard[rep].astype(np.int32))], schema=BAND)
-    return (*split_by(base, shard, n_shards), *split_by(sig_table, shard[unique], n_shards),
-            *split_by(entries, (band % np.uint64(n_buckets)).astype(np.int64), n_buckets))
+    _emit(scratch, "shard", index, split_by(base, shard, n_shards))
+    _emit(scratch, "sig", index, split_by(sig_table, shard[unique], n_shards))
+    return _emit(scratch, "band", index, split_by(entries, (band % np.uint64(n_shards)).astype(np.int64), n_shards))
 
 
-def _prompt_buckets(n_shards: int, *tables: pa.Table):
+def _prompt_buckets(scratch: str, bucket: int, n_shards: int) -> int:
     """Colliding bands -> candidate pairs, one entry per text (its smallest sample_id)."""
     n_pairs = n_shards * (n_shards + 1) // 2
-    t = concat(tables, BAND).sort_by([("band_key", "ascending"), ("key_hi", "ascending"), ("key_lo", "ascending"), ("sample_id", "ascending")])
+    t = _gather(scratch, "band", bucket, BAND).sort_by(
+        [("band_key", "ascending"), ("key_hi", "ascending"), ("key_lo", "ascending"), ("sample_id", "ascending")])
     bk, hi, lo = (t[c].to_numpy() for c in ("band_key", "key_hi", "key_lo"))
     first_of_text = np.ones(len(bk), bool)
     first_of_text[1:] = (bk[1:] != bk[:-1]) | (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
@@ -256,44 +273,47 @@ def _prompt_buckets(n_shards: int, *tables: pa.Table):
                     a.append(x), b.append(y), sa.append(int(sx)), sb.append(int(sy)), dest.append(_pair_index(int(sx), int(sy)))
             start = end
     pairs = pa.table([pa.array(a, pa.string()), pa.array(b, pa.string()), pa.array(sa, pa.int32()), pa.array(sb, pa.int32())], schema=PAIR)
-    out = split_by(pairs, np.asarray(dest, np.int64), n_pairs)
-    return out if n_pairs > 1 else out[0]
+    return _emit(scratch, "pair", bucket, split_by(pairs, np.asarray(dest, np.int64), n_pairs))
 
 
-def _prompt_verify(threshold: float, num_perm: int, *tables: pa.Table) -> pa.Table:
+def _prompt_verify(scratch: str, sa: int, sb: int, threshold: float, num_perm: int) -> int:
     """Candidate pairs of one shard pair -> the verified ones (estimated Jaccard >= threshold)."""
-    sig_tables = [t for t in tables if "sig" in t.column_names]
-    pairs = concat([t for t in tables if "sig" not in t.column_names], PAIR)
+    index = _pair_index(sa, sb)
+    pairs = _gather(scratch, "pair", index, PAIR)
     if not pairs.num_rows:
-        return EDGE.empty_table()
+        return 0
+    sig_schema = pa.schema([("sample_id", pa.string()), ("sig", pa.list_(pa.uint32(), num_perm))])
+    sig_tables = [_gather(scratch, "sig", s, sig_schema) for s in {sa, sb}]
     pairs = pairs.group_by(["a", "b", "shard_a", "shard_b"]).aggregate([])  # a pair may collide in several bands
     wanted = pc.unique(pa.concat_arrays([pairs["a"].combine_chunks(), pairs["b"].combine_chunks()]))
-    sig = pa.concat_tables([t.filter(pc.is_in(t["sample_id"], value_set=wanted)) for t in sig_tables])
+    sig = pa.concat_tables([t.filter(pc.is_in(t["sample_id"], value_set=wanted)) for t in sig_tables], promote_options="permissive")
     row = {sid: i for i, sid in enumerate(sig["sample_id"].to_pylist())}
     values = matrix(sig["sig"], num_perm, np.uint32)
     a, b = pairs["a"].to_pylist(), pairs["b"].to_pylist()
     ia, ib = np.asarray([row[x] for x in a]), np.asarray([row[y] for y in b])
     score = np.count_nonzero(values[ia] == values[ib], axis=1) / num_perm
     keep = pa.array(score >= threshold)
-    return pa.table([pairs["a"], pairs["b"], pairs["shard_a"], pairs["shard_b"], pa.array(score)], schema=EDGE).filter(keep)
+    edges = pa.table([pairs["a"], pairs["b"], pairs["shard_a"], pairs["shard_b"], pa.array(score)], schema=EDGE).filter(keep)
+    return _emit(scratch, "edge", index, [edges])
 
 
-def _prompt_greedy(n_shards: int, *edges: pa.Table):
+def _prompt_greedy(scratch: str, n_shards: int) -> int:
     """plan()'s greedy over every verified edge (near-duplicates only, so few) -> drops per shard."""
-    t = concat(edges, EDGE)
+    t = _gather(scratch, "edge", 0, EDGE)
     a, b = t["a"].to_pylist(), t["b"].to_pylist()
     dropped = pd.greedy_over_edges(list(zip(a, b, t["score"].to_pylist())))
     shard_of = dict(zip(a, t["shard_a"].to_pylist())) | dict(zip(b, t["shard_b"].to_pylist()))
     sids = sorted(dropped)
     near = pa.table([pa.array(sids, pa.string()), pa.array([dropped[s][0] for s in sids], pa.string()),
                      pa.array([dropped[s][1] for s in sids], pa.float64())], schema=NEAR)
-    out = split_by(near, np.asarray([shard_of[s] for s in sids], np.int64), n_shards)  # a text's copies live in its shard
-    return out if n_shards > 1 else out[0]
+    # a text's copies live in its shard
+    return _emit(scratch, "near", 0, split_by(near, np.asarray([shard_of[s] for s in sids], np.int64), n_shards))
 
 
-def _prompt_final(n_chunks: int, near: pa.Table, *shard: pa.Table):
+def _prompt_final(scratch: str, shard: int, n_chunks: int) -> int:
     """Exact copies (the smallest sample_id of a text stays) and near drops of one shard -> decisions."""
-    t = concat(shard, SHARD).sort_by([("key_hi", "ascending"), ("key_lo", "ascending"), ("sample_id", "ascending")])
+    near = _gather(scratch, "near", shard, NEAR)
+    t = _gather(scratch, "shard", shard, SHARD).sort_by([("key_hi", "ascending"), ("key_lo", "ascending"), ("sample_id", "ascending")])
     near_of = dict(zip(near["sample_id"].to_pylist(), zip(near["leader"].to_pylist(), near["score"].to_pylist())))
     hi, lo = t["key_hi"].to_numpy(), t["key_lo"].to_numpy()
     copy = np.zeros(len(hi), bool)
@@ -314,13 +334,14 @@ def _prompt_final(n_chunks: int, near: pa.Table, *shard: pa.Table):
             reason, detail = "duplicate", leader
         for col, value in zip(out, (sid, cols[0][i], cols[1][i], cols[2][i], reason, detail)):
             col.append(value)
-    parts = _decisions(*out, n_chunks)
-    return parts if n_chunks > 1 else parts[0]
+    return _emit(scratch, "decision", shard, _decisions(*out, n_chunks))
 
 
 # -- images --------------------------------------------------------------------------------------
 IMAGE_IN = pa.schema([("sample_id", pa.string()), ("pixel_hash", pa.string()), ("scores", SCORES_TYPE),
                       ("clip_embedding", pa.list_(pa.float32()))])
+CLUSTER = pa.schema([("sample_id", pa.string()), ("aesthetic", pa.float64()), ("source", pa.string()), ("part", pa.string()),
+                     ("chunk", pa.int32()), ("clip_embedding", pa.list_(pa.float32()))])
 IMG_SHARD = pa.schema([("sample_id", pa.string()), ("pixel_hash", pa.string()), ("aesthetic", pa.float64()),
                        ("source", pa.string()), ("part", pa.string()), ("chunk", pa.int32())])
 
@@ -329,17 +350,15 @@ def _plan_images(cfg, chunks: list[Chunk], rows: int, plan_dir: Path) -> dict:
     import ray
 
     n_shards = max(1, math.ceil(rows / cfg.shard_rows))
-    n_chunks = len(chunks)
-    maps = [_call(_image_map, n_shards + 2, c, i, n_shards, cfg.kmeans_sample) for i, c in enumerate(chunks)]
-    exact = [_call(_image_exact, n_chunks, n_chunks, *[m[s] for m in maps]) for s in range(n_shards)]
-    kept_rows = sum(ray.get([m[n_shards + 1] for m in maps]))  # ints
+    n_chunks, scratch = len(chunks), str(plan_dir / "_scratch")
+    kept_rows = sum(_run(_image_map, [(scratch, c, i, n_shards, cfg.kmeans_sample) for i, c in enumerate(chunks)]))
+    _run(_image_exact, [(scratch, s, n_chunks) for s in range(n_shards)])
     n_clusters = max(1, math.ceil(kept_rows / cfg.cluster_rows))
-    centroids = _call(_kmeans, 1, n_clusters, cfg.kmeans_iterations, *[m[n_shards] for m in maps])[0]
-    assigned = [_call(_image_assign, n_clusters, c, i, centroids, *[e[i] for e in exact]) for i, c in enumerate(chunks)]
-    clusters = [_call(_image_cluster, n_chunks, n_chunks, cfg.near_threshold, cfg.block_rows, *[a[k] for a in assigned])
-                for k in range(n_clusters)]
-    written = ray.get([ray.remote(_write).remote(str(plan_dir), c, *[e[i] for e in exact], *[k[i] for k in clusters])
-                       for i, c in enumerate(chunks)])
+    centroids = ray.remote(_kmeans).remote(scratch, n_clusters, cfg.kmeans_iterations)  # a ref: k x d floats, never fetched here
+    _run(_image_assign, [(scratch, c, i, centroids) for i, c in enumerate(chunks)])
+    _run(_image_cluster, [(scratch, k, n_chunks, cfg.near_threshold, cfg.block_rows) for k in range(n_clusters)])
+    written = _run(_write, [(scratch, str(plan_dir), i, c) for i, c in enumerate(chunks)])
+    shutil.rmtree(scratch)
     return {"shards": n_shards, "chunks": n_chunks, "clusters": n_clusters, "filtered": sum(written)}
 
 
@@ -347,7 +366,7 @@ def _aesthetic(t: pa.Table) -> pa.Array:
     return pc.struct_field(t["scores"], "aesthetic").cast(pa.float64())
 
 
-def _image_map(chunk: Chunk, index: int, n_shards: int, sample: int):
+def _image_map(scratch: str, chunk: Chunk, index: int, n_shards: int, sample: int) -> int:
     t = _read_chunk(chunk, IMAGE_IN, index)
     h = t["pixel_hash"].to_pylist()
     shard = np.asarray([int.from_bytes(hashlib.blake2b(x.encode(), digest_size=8).digest(), "big") % n_shards if x else 0
@@ -356,12 +375,14 @@ def _image_map(chunk: Chunk, index: int, n_shards: int, sample: int):
     has = pc.fill_null(pc.greater(pc.list_value_length(t["clip_embedding"]), 0), False)
     emb = t["clip_embedding"].filter(has)
     pick = np.random.default_rng(index).permutation(len(emb))[:sample]
-    return (*split_by(base, shard, n_shards), emb.take(pa.array(pick)).combine_chunks(), t.num_rows)
+    _emit(scratch, "shard", index, split_by(base, shard, n_shards))
+    _emit(scratch, "sample", index, [pa.table({"clip_embedding": emb.take(pa.array(pick))})])
+    return t.num_rows
 
 
-def _image_exact(n_chunks: int, *tables: pa.Table):
+def _image_exact(scratch: str, shard: int, n_chunks: int) -> int:
     """Same decoded pixels: the best-ranked copy stays (plan()'s order)."""
-    t = concat(tables, IMG_SHARD)
+    t = _gather(scratch, "shard", shard, IMG_SHARD)
     rows = sorted(zip(t["sample_id"].to_pylist(), t["pixel_hash"].to_pylist(), t["aesthetic"].to_pylist(),
                       t["source"].to_pylist(), t["part"].to_pylist(), t["chunk"].to_pylist()),
                   key=lambda r: di.rank_key(r[0], r[2]))
@@ -375,16 +396,17 @@ def _image_exact(n_chunks: int, *tables: pa.Table):
                 col.append(v)
         else:
             first[h] = sid
-    parts = _decisions(*out, n_chunks)
-    return parts if n_chunks > 1 else parts[0]
+    return _emit(scratch, "copy", shard, _decisions(*out, n_chunks))
 
 
-def _kmeans(k: int, iterations: int, *samples) -> np.ndarray | None:
+def _kmeans(scratch: str, k: int, iterations: int) -> np.ndarray | None:
     """Spherical k-means on the sampled embeddings (cosine, as the near test); None for one cluster."""
     if k == 1:
         return None
-    x = np.concatenate([matrix(s, None, np.float32) for s in samples if len(s)])
-    x /= np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+    x = matrix(_gather(scratch, "sample", 0, pa.schema([("clip_embedding", pa.list_(pa.float32()))]))["clip_embedding"], None, np.float32)
+    if not len(x):
+        return None
+    x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
     rng = np.random.default_rng(0)
     centroids = x[rng.choice(len(x), size=min(k, len(x)), replace=False)]
     for _ in range(iterations):
@@ -397,31 +419,28 @@ def _kmeans(k: int, iterations: int, *samples) -> np.ndarray | None:
     return centroids
 
 
-def _image_assign(chunk: Chunk, index: int, centroids: np.ndarray | None, *copies: pa.Table):
+def _image_assign(scratch: str, chunk: Chunk, index: int, centroids: np.ndarray | None) -> int:
     """This chunk's rows that survived exact dedup, with embeddings, to their nearest centroid."""
     k = 1 if centroids is None else len(centroids)
     t = _read_chunk(chunk, IMAGE_IN, index)
-    gone = pa.concat_arrays([c["sample_id"].combine_chunks() for c in copies] + [pa.array([], pa.string())])
+    gone = _gather(scratch, "copy", index, OUT)["sample_id"].combine_chunks()
     keep = pc.and_(pc.invert(pc.is_in(t["sample_id"], value_set=gone)),
                    pc.fill_null(pc.greater(pc.list_value_length(t["clip_embedding"]), 0), False))
     t = t.filter(keep)
-    t = pa.table({"sample_id": t["sample_id"], "aesthetic": _aesthetic(t), "source": t["source"], "part": t["part"],
-                  "chunk": t["chunk"], "clip_embedding": t["clip_embedding"]})
+    t = pa.table([t["sample_id"], _aesthetic(t), t["source"], t["part"], t["chunk"], t["clip_embedding"]], schema=CLUSTER)
     if k == 1 or not t.num_rows:
         label = np.zeros(t.num_rows, np.int64)
     else:
         emb = matrix(t["clip_embedding"], None, np.float32)
         label = np.argmax(emb @ centroids.T, axis=1)
-    out = split_by(t, label, k)
-    return out if k > 1 else out[0]
+    return _emit(scratch, "cluster", index, split_by(t, label, k))
 
 
-def _image_cluster(n_chunks: int, threshold: float, block_rows: int, *tables: pa.Table):
+def _image_cluster(scratch: str, cluster: int, n_chunks: int, threshold: float, block_rows: int) -> int:
     """plan()'s greedy near dedup inside one cluster, rows in plan()'s rank order."""
-    tables = [t for t in tables if t.num_rows]
+    t = _gather(scratch, "cluster", cluster, CLUSTER)
     out = ([], [], [], [], [], [])
-    if tables:
-        t = pa.concat_tables(tables).combine_chunks()
+    if t.num_rows:
         order = sorted(range(t.num_rows), key=lambda i, s=t["sample_id"].to_pylist(), a=t["aesthetic"].to_pylist(): di.rank_key(s[i], a[i]))
         t = t.take(pa.array(order, pa.int64()))
         sids = t["sample_id"].to_pylist()
@@ -430,5 +449,4 @@ def _image_cluster(n_chunks: int, threshold: float, block_rows: int, *tables: pa
         for j, of, sim in di.greedy_near(emb, threshold, block_rows):
             for col, v in zip(out, (sids[j], source[j], part[j], chunk[j], "near_duplicate", di.duplicate_detail(sids[of], f"cosine {sim:.4f}"))):
                 col.append(v)
-    parts = _decisions(*out, n_chunks)
-    return parts if n_chunks > 1 else parts[0]
+    return _emit(scratch, "decision", cluster, _decisions(*out, n_chunks))

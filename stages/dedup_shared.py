@@ -48,7 +48,7 @@ def split_by(table: pa.Table, dest: np.ndarray, n: int) -> list[pa.Table]:
 
 def concat(tables: Sequence[pa.Table], schema: pa.Schema) -> pa.Table:
     tables = [t for t in tables if t.num_rows]
-    return pa.concat_tables(tables).combine_chunks() if tables else schema.empty_table()
+    return pa.concat_tables(tables, promote_options="permissive").combine_chunks() if tables else schema.empty_table()
 
 
 def fixed_list(values: np.ndarray) -> pa.FixedSizeListArray:
