@@ -1,9 +1,9 @@
 """Distributed dedup plans: dedup_prompts and dedup_images planned as Ray tasks over one or more
 sources' partitions, with each process's memory bounded by its shard, chunk or cluster.
 
-The driver holds object refs only: rows, signatures, embeddings and decisions move between tasks
-through Ray's object store, and the decisions land on disk, one file per partition
-(stages/dedup_shared.py), which the stage's process() reads for its own partition.
+The driver holds no rows: each round's tasks write their outputs as Parquet files under the
+plan's scratch directory and return counts, and the decisions land on disk, one file per
+partition (stages/dedup_shared.py), which the stage's process() reads for its own partition.
 
 Prompts: map tasks normalise, key (128-bit hash of the normalised text) and sketch their chunk;
 signatures go to shards by key, LSH band keys to buckets by band key. Each bucket task turns its
