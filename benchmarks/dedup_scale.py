@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,7 @@ def run_plan(kind: str, data: Path) -> None:
                       "worker_mb": max((_hwm_kb(p) for p in workers), default=0) / 1024,
                       "worker_private_mb": private_mb, **info}))
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)  # the session's logs
 
 
 def split_recall(n: int, dim: int = 16, clusters: int = 10) -> dict:
@@ -182,9 +184,11 @@ def split_recall(n: int, dim: int = 16, clusters: int = 10) -> dict:
         reference = DedupImages(config, StageContext("bench", 0, data, "bench", "generation"))
         reference.plan(table)
         want = {s: d[1] for s, d in reference.duplicates.items() if d[0] == "near_duplicate"}
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="dedup-scale-ray-", dir="/tmp"), log_to_driver=False)
+        temp = tempfile.mkdtemp(prefix="dedup-scale-ray-", dir="/tmp")
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
         plan_dir = plan(config, [Member("bench", data, parts)], data / "plan")
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
         got = {}
         for p in parts:
             t = pq.read_table(decisions_file(plan_dir, "bench", p))
