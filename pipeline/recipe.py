@@ -138,6 +138,21 @@ def _check_mix(path: Path, sources: dict[str, SourcePlan], mix: MixConfig) -> No
                 )
 
 
+def _check_build_scope(path: Path, sources: dict[str, SourcePlan]) -> None:
+    """A build-wide step (`scope: build`) is one plan over its sources: one config, once per source."""
+    seen: dict[str, tuple[str, dict]] = {}
+    for name, plan in sources.items():
+        steps = [s for s in plan.steps if getattr(s, "scope", None) == "build"]
+        for i, step in enumerate(steps):
+            if any(o.stage == step.stage for o in steps[:i]):
+                raise RecipeError(f"{path}: sources.{name}: {step.stage} with scope: build appears twice")
+            config = step.model_dump(mode="json")
+            first = seen.setdefault(step.stage, (name, config))
+            if first[1] != config:
+                raise RecipeError(f"{path}: sources.{name}: {step.stage} with scope: build must have the same settings in "
+                                  f"every source it covers; it differs from sources.{first[0]}")
+
+
 def recipe_hash(file_model: dict[str, Any], inputs: list[Path]) -> str:
     """Hash of what decides the outputs: the validated recipe (with each stage's code version) and
     each input file's name, size and content hash (cached by size and mtime, see input_hashes)."""
@@ -160,6 +175,7 @@ def load_recipe(path: str | Path) -> Recipe:
         if plan.task not in TASKS:
             raise RecipeError(f"{path}: sources.{plan.name}.task: {plan.task!r} is not one of {TASKS}")
     _check_mix(path, sources, parsed.mix)
+    _check_build_scope(path, sources)
     model = {
         **parsed.model_dump(mode="json", exclude={"sources"}),
         # `version`: a stage whose code changes what it outputs bumps it, and old partitions are not reused

@@ -1,9 +1,10 @@
 """The build runner: recipe → per-source stage chains on Ray Data → mixed shards → catalog.
 
-The only module that imports ray. The unit of work is a partition (a Parquet file of at most
-`rows_per_partition` rows); a stage's output for a partition is committed by an atomic rename
+With pipeline/dedup_plan.py, the only modules that import ray. The unit of work is a partition (a
+Parquet file of at most `rows_per_partition` rows); a stage's output for a partition is committed by an atomic rename
 and is its own completion marker, so a rerun after a crash skips what is done. Global stages
-(dedup across the build) plan on the driver from all kept rows, then map like any other.
+plan from all kept rows, then map like any other; dedup stages plan on Ray (pipeline/dedup_plan.py),
+over several sources when their step says `scope: build`, and those sources wait for each other there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 
 from catalog.db import CATALOG_FILE, Catalog
 from pipeline import workdir
+from pipeline.dedup_plan import Member, PlanWait, plan_groups, run_sources
 from pipeline.mix import SourceRows, mix_stage
 from pipeline.recipe import Recipe, SourcePlan
 from stages.base import SOURCES, STAGES, Stage, StageContext
@@ -50,6 +52,9 @@ def selected_sources(recipe: Recipe, only: str | None) -> list[str]:
         raise BuildError(f"--only {only}: no such training stage in {recipe.path.name}; known: {sorted(recipe.mix.stages)}")
     mixed = {s for spec in recipe.mix.stages.values() for s in spec.sources}
     wanted = set(recipe.mix.stages[only].sources)
+    for members in plan_groups(recipe).values():  # a build-wide dedup needs all the sources it covers
+        if wanted & set(members):
+            wanted |= set(members)
     return [s for s in recipe.sources if s in wanted or s not in mixed]
 
 
@@ -72,7 +77,8 @@ def run_build(recipe: Recipe, options: BuildOptions) -> str:
     catalog.start_build(build_id, recipe.name, recipe.path, recipe.path.read_text(), recipe.hash, _versions())
     try:
         _init_ray(options.address)
-        finals = {name: _run_source(recipe, recipe.sources[name], chains[name], contexts[name], out, catalog) for name in names}
+        runs = {n: _run_source(recipe, recipe.sources[n], chains[n], contexts[n], out, catalog) for n in names}
+        finals = run_sources(runs, plan_groups(recipe), out / "work" / "_plans")
         for stage_name, spec in recipe.mix.stages.items():
             if options.only is not None and stage_name != options.only:
                 continue
@@ -139,7 +145,8 @@ def _init_ray(address: str | None) -> None:
     ctx.enable_progress_bars = True
 
 
-def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: StageContext, out: Path, catalog: Catalog) -> SourceRows:
+def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: StageContext, out: Path, catalog: Catalog):
+    """A generator: yields a PlanWait before each dedup step (see run_sources), returns the source's final rows."""
     source = SOURCES[plan.config.kind](plan.config, context)
     source.preflight()
     root = out / "work" / plan.name
@@ -160,6 +167,10 @@ def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: 
         todo = [p for p in parts if not all((d / p).exists() for d in dirs)]
         log.info("%s steps %s: %d partitions (%d already done)", plan.name,
                  ", ".join(f"{n}.{s.name}" for n, s in segment), len(parts), len(parts) - len(todo))
+        first = segment[0][1]
+        if hasattr(first, "use_plan"):
+            group = first.name if getattr(first.config, "scope", "source") == "build" else f"{plan.name}.{first.name}"
+            yield PlanWait(group, Member(plan.name, prev_dir, tuple(parts)), first, bool(todo))
         if todo:
             _run_segment(segment, dirs, prev_dir, parts, todo, plan.name)
         for (step, stage), stage_dir in zip(segment, dirs):
@@ -213,7 +224,7 @@ def _run_segment(segment, dirs: list[Path], prev_dir: Path, parts: list[str], to
     import ray
 
     first = segment[0][1]
-    if first.is_global and not all((dirs[0] / p).exists() for p in parts):
+    if first.is_global and getattr(first, "plan_dir", None) is None and not all((dirs[0] / p).exists() for p in parts):
         first.plan(workdir.read_kept(prev_dir, parts, ["sample_id", *first.needs]).sort_by("sample_id"))
     ds = ray.data.from_items([{"part": p} for p in todo], override_num_blocks=len(todo))
     in_dir = prev_dir
@@ -256,6 +267,8 @@ class _RunStage:
             table = workdir.read_kept(self.in_dir, [part])
             previous = workdir.previous_output(self.out_dir, part)
             t0 = time.perf_counter()
+            if hasattr(self.stage, "open_partition"):
+                self.stage.open_partition(part)  # a distributed plan's decisions for this partition
             if previous.exists() and table.num_rows:  # reopened on resume (see _reopen)
                 result = self.stage.resume(table, pq.read_table(previous))
             else:
