@@ -29,8 +29,8 @@ from pipeline.schema import STATUS_KEPT, conform, empty_table, stamp_build
 log = logging.getLogger("janus_forge.build")
 
 SECONDS_KEY = b"janus_forge.seconds"
-# Fault injection for tests (tests/pipeline/test_faults.py): a write to a file whose name matches
-# this glob stops half way with ENOSPC, as a full disk does. Unset in every real run.
+# Fault injection for tests (tests/pipeline/test_crash_points.py): a write to a file whose path
+# matches this glob stops half way with ENOSPC, as a full disk does. Unset in every real run.
 FAULT_ENOSPC_ENV = "JANUS_FORGE_FAULT_ENOSPC"
 
 
@@ -61,7 +61,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def _write_all(f, data: bytes, path: Path) -> None:
     pattern = os.environ.get(FAULT_ENOSPC_ENV)
-    if pattern and fnmatch.fnmatch(path.name, pattern):
+    if pattern and fnmatch.fnmatch(str(path), pattern):
         f.write(data[: len(data) // 2])  # a real partial file, as a disk filling up mid-write leaves
         f.flush()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + f" (injected by {FAULT_ENOSPC_ENV})")
