@@ -153,7 +153,8 @@ def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: 
     read_files = [read_dir / p for p in parts]
     rows = catalog.record_stage(context.build_id, plan.name, 0, plan.config.kind, read_files, workdir.count_rows(read_files), time.perf_counter() - t0)
     prev_dir, prev_kept = read_dir, rows["rows_kept"]
-    workdir.verify_parts([root / f"{step:02d}-{stage.name}" for step, stage in enumerate(stages, start=1)], parts)
+    workdir.verify_parts([root / f"{step:02d}-{stage.name}" for step, stage in enumerate(stages, start=1)], parts,
+                         [stage.is_global for stage in stages])
     _reopen(stages, root, parts, plan.name)
     for segment in _segments(stages):
         dirs = [root / f"{step:02d}-{stage.name}" for step, stage in segment]

@@ -92,13 +92,14 @@ def committed(path: Path) -> bool:
 
 
 def uncommit(path: Path, keep_as: Path | None = None) -> None:
-    """Marker first, then the part (removed, or moved to `keep_as`): never a marker without its part."""
-    _part_marker(path).unlink(missing_ok=True)
+    """Remove a part's commit: the marker, then the part; or move the part to `keep_as` first (a
+    crash in between leaves a marker without its part, which verify_parts drops; the kept copy is
+    found again, so nothing it holds is lost)."""
     if keep_as is not None:
         keep_as.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, keep_as)
-    else:
-        path.unlink(missing_ok=True)
+    _part_marker(path).unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def damage(path: Path) -> str | None:
@@ -117,10 +118,11 @@ def damage(path: Path) -> str | None:
     return None
 
 
-def verify_parts(dirs: Sequence[Path], parts: Sequence[str]) -> list[str]:
-    """Uncommit every committed part whose file does not match its marker, and the same part in
-    the steps after it (they were built on it); returns the names redone. Hashing reads each
-    committed part once per run, in threads (hashlib releases the GIL)."""
+def verify_parts(dirs: Sequence[Path], parts: Sequence[str], is_global: Sequence[bool] = ()) -> list[str]:
+    """Uncommit every committed part whose file does not match its marker, and what was built on
+    it: the same part in later steps, every part of a later global step (`is_global`, parallel to
+    `dirs`: its plan saw them all, as in runner._reopen). Returns the names found damaged. Hashing
+    reads each committed part once per run, in threads (hashlib releases the GIL)."""
     paths = [d / p for d in dirs for p in parts if committed(d / p)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         problems = dict(zip(paths, pool.map(damage, paths)))
@@ -132,8 +134,11 @@ def verify_parts(dirs: Sequence[Path], parts: Sequence[str]) -> list[str]:
                 continue
             log.warning("%s does not match its completion marker (%s): redoing that partition", d / p, why)
             bad.append(p)
-            for later in dirs[k:]:
-                uncommit(later / p)
+            every = False
+            for j in range(k, len(dirs)):
+                every = every or (j > k and j < len(is_global) and is_global[j])
+                for q in parts if every else [p]:
+                    uncommit(dirs[j] / q)
     return bad
 
 
