@@ -152,18 +152,31 @@ class Build:
     def stop(self) -> None:
         """The `ray stop` of this run alone: nothing of its process group may outlive it."""
         deadline = time.time() + 30
-        while True:
+        while live := _live_members(self.proc.pid):
+            assert time.time() < deadline, f"processes of the killed build survived: {live}"
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 break
-            assert time.time() < deadline, "processes of the killed build survived"
             time.sleep(0.1)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read()
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Processes of a process group that are not zombies (a zombie waits for whoever reaps orphans)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(stat.parent.name))
+    return live
 
 
 # -- what a resumed build must equal ---------------------------------------------------------------

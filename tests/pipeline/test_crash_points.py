@@ -10,6 +10,8 @@ import duckdb
 import pytest
 
 from pipeline import workdir
+from pipeline.recipe import load_recipe
+from pipeline.runner import BuildOptions, run_build
 from pipeline.workdir import FAULT_ENOSPC_ENV
 from tests.pipeline.small_build import (
     N_PHOTOS,
@@ -32,10 +34,11 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def clean(server, tmp_path_factory):
+def clean(server, tmp_path_factory, local_ray):
+    """The uninterrupted build, in this process on the session's Ray (the same code, one Ray start fewer)."""
     root = tmp_path_factory.mktemp("clean")
     recipe = write_inputs(root, server.base)
-    Build(recipe, root / "build").finish()
+    run_build(load_recipe(recipe), BuildOptions(out=root / "build"))
     return root / "build", {"shards": shards(root / "build"), "accounting": accounting(root / "build")}
 
 
