@@ -109,11 +109,13 @@ def _assert_none(done):
 
 @pytest.mark.slow
 def test_disk_full_while_writing_a_partition(server, clean, tmp_path):
-    """ENOSPC half way through a download partition: a clear error naming the file, nothing half-written
-    counted as done; the rerun (space freed) completes and equals the clean build."""
+    """ENOSPC half way through the second partition of the photos: a clear error naming the file,
+    nothing half-written counted as done; the rerun (space freed) completes and equals the clean
+    build. (The read step: the cheapest partition write to fail; every step writes through the same
+    function, pipeline/workdir.py write_atomic.)"""
     recipe = write_inputs(tmp_path, server.base)
     out = tmp_path / "build"
-    part = out / "work" / "photos" / "02-download_images" / "part-00000-00001.parquet"
+    part = out / "work" / "photos" / "00-yfcc_metadata" / "part-00000-00001.parquet"
     full = Build(recipe, out, env={FAULT_ENOSPC_ENV: f"*/{part.parent.name}/{part.name}"})
     rc = full.proc.wait(300)
     full.stop()
@@ -121,6 +123,7 @@ def test_disk_full_while_writing_a_partition(server, clean, tmp_path):
     assert rc != 0
     assert f"no space left on device while writing {part}" in log, log[-3000:]
     assert not workdir.committed(part) and not part.exists() and not list(part.parent.glob(f".{part.name}.*"))
+    assert not workdir.file_done(part.parent, 0)  # the input file is not marked read
     con = duckdb.connect(str(out / "catalog.duckdb"), read_only=True)
     status, error = con.execute("SELECT status, error FROM builds").fetchone()
     con.close()
