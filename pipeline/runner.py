@@ -1,9 +1,10 @@
 """The build runner: recipe → per-source stage chains on Ray Data → mixed shards → catalog.
 
 With pipeline/dedup_plan.py, the only modules that import ray. The unit of work is a partition (a
-Parquet file of at most `rows_per_partition` rows); a stage's output for a partition is committed by an atomic rename
-and is its own completion marker, so a rerun after a crash skips what is done. Global stages
-plan from all kept rows, then map like any other; dedup stages plan on Ray (pipeline/dedup_plan.py),
+Parquet file of at most `rows_per_partition` rows); a stage's output for a partition is written
+atomically, then committed by a marker holding its size and hash (pipeline/workdir.py), so a rerun
+after a crash skips what is done and redoes a part damaged since its commit. Global stages plan
+from all kept rows, then map like any other; dedup stages plan on Ray (pipeline/dedup_plan.py),
 over several sources when their step says `scope: build`, and those sources wait for each other there.
 """
 
@@ -161,10 +162,12 @@ def _run_source(recipe: Recipe, plan: SourcePlan, stages: list[Stage], context: 
     read_files = [read_dir / p for p in parts]
     rows = catalog.record_stage(context.build_id, plan.name, 0, plan.config.kind, read_files, workdir.count_rows(read_files), time.perf_counter() - t0)
     prev_dir, prev_kept = read_dir, rows["rows_kept"]
+    workdir.verify_parts([root / f"{step:02d}-{stage.name}" for step, stage in enumerate(stages, start=1)], parts,
+                         [stage.is_global for stage in stages])
     _reopen(stages, root, parts, plan.name)
     for segment in _segments(stages):
         dirs = [root / f"{step:02d}-{stage.name}" for step, stage in segment]
-        todo = [p for p in parts if not all((d / p).exists() for d in dirs)]
+        todo = [p for p in parts if not all(workdir.committed(d / p) for d in dirs)]
         log.info("%s steps %s: %d partitions (%d already done)", plan.name,
                  ", ".join(f"{n}.{s.name}" for n, s in segment), len(parts), len(parts) - len(todo))
         first = segment[0][1]
@@ -194,9 +197,9 @@ def _reopen(stages: list[Stage], root: Path, parts: list[str], source: str) -> N
     for k, stage in enumerate(stages):
         if (dirs[k] / "_previous").is_dir():  # a crash between a redo's commit and its cleanup
             for p in parts:
-                if (dirs[k] / p).exists():
+                if workdir.committed(dirs[k] / p):
                     workdir.previous_output(dirs[k], p).unlink(missing_ok=True)
-        reopened = [p for p in parts if (dirs[k] / p).exists() and stage.reopen(dirs[k] / p)]
+        reopened = [p for p in parts if workdir.committed(dirs[k] / p) and stage.reopen(dirs[k] / p)]
         if not reopened:
             continue
         log.info("%s %s: reopening %d partitions with retryable rows", source, stage.name, len(reopened))
@@ -204,10 +207,9 @@ def _reopen(stages: list[Stage], root: Path, parts: list[str], source: str) -> N
         for j in range(k + 1, len(stages)):
             every = every or stages[j].is_global
             for p in parts if every else reopened:
-                (dirs[j] / p).unlink(missing_ok=True)
+                workdir.uncommit(dirs[j] / p)
         for p in reopened:
-            workdir.previous_output(dirs[k], p).parent.mkdir(exist_ok=True)
-            os.replace(dirs[k] / p, workdir.previous_output(dirs[k], p))
+            workdir.uncommit(dirs[k] / p, keep_as=workdir.previous_output(dirs[k], p))
 
 
 def _segments(stages: list[Stage]) -> list[list[tuple[int, Stage]]]:
@@ -224,7 +226,7 @@ def _run_segment(segment, dirs: list[Path], prev_dir: Path, parts: list[str], to
     import ray
 
     first = segment[0][1]
-    if first.is_global and getattr(first, "plan_dir", None) is None and not all((dirs[0] / p).exists() for p in parts):
+    if first.is_global and getattr(first, "plan_dir", None) is None and not all(workdir.committed(dirs[0] / p) for p in parts):
         first.plan(workdir.read_kept(prev_dir, parts, ["sample_id", *first.needs]).sort_by("sample_id"))
     ds = ray.data.from_items([{"part": p} for p in todo], override_num_blocks=len(todo))
     in_dir = prev_dir
@@ -262,7 +264,7 @@ class _RunStage:
 
     def __call__(self, batch: dict) -> dict:
         for part in batch["part"]:
-            if (self.out_dir / part).exists():
+            if workdir.committed(self.out_dir / part):  # a retried task whose first attempt committed
                 continue
             table = workdir.read_kept(self.in_dir, [part])
             previous = workdir.previous_output(self.out_dir, part)
