@@ -7,6 +7,7 @@ the last step or rejected by exactly one step).
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -181,7 +182,17 @@ def _live_members(pgid: int) -> list[int]:
 
 # -- what a resumed build must equal ---------------------------------------------------------------
 def shards(build: Path) -> dict[str, bytes]:
-    return {p.relative_to(build).as_posix(): p.read_bytes() for p in sorted((build / "shards").rglob("shard-*.parquet"))}
+    """Every index shard's bytes, and per stage a digest of the rows they point at in the work
+    files (the shards are an index: equal index bytes alone would not show equal payloads)."""
+    from model.shards import ShardSet
+
+    out = {p.relative_to(build).as_posix(): p.read_bytes() for p in sorted((build / "shards").rglob("shard-*.parquet"))}
+    for stage in sorted({p.parent.name for p in (build / "shards").rglob("shard-*.parquet")}):
+        digest = hashlib.blake2b()
+        for row in ShardSet.open(build, stage).iter_rows():
+            digest.update(repr(sorted(row.items())).encode())
+        out[f"rows:{stage}"] = digest.digest()
+    return out
 
 
 def accounting(build: Path) -> dict:
