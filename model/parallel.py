@@ -1,4 +1,14 @@
-"""Device, precision and data-parallel wrapping of the loss module, in one place (no Ray here)."""
+"""Device, precision and data-parallel wrapping of the loss module, in one place (no Ray here).
+
+FSDP (recipe `fsdp: true`, more than one worker) never puts the whole model on the device: the
+model is loaded on the CPU, and `fully_shard` is applied one decoder layer at a time; FSDP2 moves
+that layer to the device, keeps this rank's 1/world slice of it and frees the rest before the next
+layer moves. Peak device memory while sharding is therefore this rank's shards plus one whole
+layer (for the root's own parameters - embeddings, vision tower, heads - it is those, whole, once),
+not the whole model: a 7B fp32 model (28 GB) never lands on one 40 GB card. The frozen VQ model
+stays whole on every rank (it encodes images in the loader thread). The host copy that load_janus
+made is released once the weights are on the device.
+"""
 
 from __future__ import annotations
 
@@ -40,20 +50,38 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def parallelize(module: nn.Module, world: World, fsdp: bool) -> nn.Module:
-    """DDP for models a GPU holds; FSDP2 (per decoder layer, then the root) for those it does not."""
-    module.to(world.device)
-    if world.size == 1:
-        return module
-    if fsdp:
-        from torch.distributed.fsdp import fully_shard
+def sharded(world: World, fsdp: bool) -> bool:
+    """True when parameters (and so checkpoints) are split across ranks."""
+    return fsdp and world.size > 1
 
-        # The VQ model is frozen and runs outside the training forward (on-the-fly encoding in
-        # the loader thread, sample decoding): keep it whole on every rank.
-        vq = set(module.model.model.vqmodel.parameters())
-        for layer in module.model.model.language_model.layers:
-            fully_shard(layer)
-        return fully_shard(module, ignored_params=vq)
+
+def decoder_layers(module: nn.Module) -> nn.ModuleList:
+    return module.model.model.language_model.layers
+
+
+def parallelize(module: nn.Module, world: World, fsdp: bool, activation_checkpointing: bool = False) -> nn.Module:
+    """DDP for models a GPU holds; FSDP2 (per decoder layer, then the root) for those it does not."""
+    if activation_checkpointing:
+        # Per decoder layer (transformers' GradientCheckpointingLayer): keep each layer's input,
+        # recompute its activations in backward. The layer's `forward` is checkpointed, so FSDP2's
+        # module hooks (all-gather, reduce-scatter) stay outside and run once.
+        module.model.model.language_model.activation_checkpointing_enable({"use_reentrant": False})
+    if not sharded(world, fsdp):
+        module.to(world.device)
+        return module if world.size == 1 else _ddp(module, world)
+    from torch.distributed.fsdp import fully_shard
+
+    # The VQ model is frozen and runs outside the training forward (on-the-fly encoding in
+    # the loader thread, sample decoding): keep it whole on every rank.
+    vq = module.model.model.vqmodel
+    for layer in decoder_layers(module):
+        fully_shard(layer)  # moves this layer to the device, then keeps only this rank's shard there
+    root = fully_shard(module, ignored_params=set(vq.parameters()))
+    vq.to(world.device)  # ignored by FSDP, so not moved by it
+    return root
+
+
+def _ddp(module: nn.Module, world: World) -> nn.Module:
     ids = [world.device.index] if world.device.type == "cuda" else None
     # A step may hold no rows of a task (e.g. no understanding rows): its modules get no
     # gradient on that rank, which DDP must be told about.
@@ -61,10 +89,15 @@ def parallelize(module: nn.Module, world: World, fsdp: bool) -> nn.Module:
 
 
 def no_sync(module: nn.Module, last: bool):
-    """Skip the gradient all-reduce on all but the last micro-batch of a step."""
-    if last or not isinstance(module, nn.parallel.DistributedDataParallel):
-        return contextlib.nullcontext()
-    return module.no_sync()
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP2) on all but the last micro-batch
+    of a step: gradients accumulate locally (FSDP: unsharded, in fp32) and are reduced once."""
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if last else module.no_sync()
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(module, FSDPModule):
+        module.set_requires_gradient_sync(last)  # recurses into the per-layer FSDP modules
+    return contextlib.nullcontext()
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

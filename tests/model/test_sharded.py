@@ -1,0 +1,207 @@
+"""Sharded state (FSDP, 2 CPU workers on gloo): DCP checkpoints written per rank and resumed on the
+same loss curve, a truncated checkpoint skipped, gradient accumulation without a reduce-scatter
+per micro-batch, sharded init, and activation checkpointing that changes no number."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
+
+from model.checkpoint import SHARDED_DIR, Checkpointer, consolidate
+from model.config import load_train_recipe
+from tests.model.test_train import losses, recipe_file, weights
+
+
+def rank_tensor_bytes(checkpoint: Path, prefix: str) -> dict[str, int]:
+    """Bytes of the state under `prefix` that each DCP file holds (from DCP's own metadata)."""
+    meta = FileSystemReader(checkpoint / SHARDED_DIR).read_metadata()
+    per_file: dict[str, int] = {}
+    for fqn, item in meta.state_dict_metadata.items():
+        if fqn.startswith(prefix) and isinstance(item, TensorStorageMetadata):
+            for chunk in item.chunks:
+                where = meta.storage_data[MetadataIndex(fqn, chunk.offsets)].relative_path
+                per_file[where] = per_file.get(where, 0) + math.prod(chunk.sizes) * item.properties.dtype.itemsize
+    return per_file
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resume_continues_the_uninterrupted_loss_curve(tmp_path, tiny_dir, tiny_build, caplog):
+    ray = pytest.importorskip("ray")
+    from model.distributed import run_distributed
+
+    # 16-row steps on 2 workers x micro 2: four micro-batches per worker per step (accumulated
+    # without a reduce-scatter until the last); checkpoints at steps 2, 4 and 5.
+    path = recipe_file(tmp_path, 2, schedule__steps=5, checkpoint_every=2, keep_checkpoints=3, batch__micro=2, fsdp=True)
+    recipe = load_train_recipe(path, data=tiny_build, init=tiny_dir)
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    try:
+        run_distributed(recipe, full, resume=False, workers=2, use_gpu=False)
+
+        # No rank wrote the whole state: each file holds about half of the sharded decoder layers
+        # (weights and both AdamW moments), by DCP's own record of what went where.
+        step4 = full / "checkpoints" / "step-00000004"
+        layers = rank_tensor_bytes(step4, "model.model.model.language_model.layers.")
+        layer_bytes = sum(v.numel() * 4 for k, v in weights(tiny_dir).items() if k.startswith("model.language_model.layers."))
+        assert sorted(layers) == ["__0_0.distcp", "__1_0.distcp"]
+        assert all(0.45 * layer_bytes <= n <= 0.55 * layer_bytes for n in layers.values()), (layers, layer_bytes)
+        moments = rank_tensor_bytes(step4, "optimizer.state.model.model.language_model.layers.")
+        assert all(0.45 * 2 * layer_bytes <= n <= 0.55 * 2 * layer_bytes for n in moments.values()), moments
+        files = {f.name: f.stat().st_size for f in (step4 / SHARDED_DIR).glob("*.distcp")}
+        assert max(files.values()) < 0.75 * sum(files.values()), files
+
+        # "Stop after step 4": a run dir holding the checkpoints of steps 2 and 4 and the log; then
+        # truncate one rank's shard file of step 4 (a copy cut short).
+        (resumed / "checkpoints").mkdir(parents=True)
+        for name in ("step-00000002", "step-00000004", "latest"):
+            src = full / "checkpoints" / name
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, resumed / "checkpoints" / name)
+        (resumed / "checkpoints" / "latest").write_text("step-00000004")
+        shutil.copy(full / "train.jsonl", resumed / "train.jsonl")
+        shard = resumed / "checkpoints" / "step-00000004" / SHARDED_DIR / "__1_0.distcp"
+        with shard.open("r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+        with caplog.at_level(logging.WARNING, logger="janus_forge.checkpoint"):
+            chosen = Checkpointer(resumed).latest()
+        assert chosen.name == "step-00000002"
+        assert "step-00000004: sharded/__1_0.distcp has" in caplog.text and "previous complete one" in caplog.text
+
+        run_distributed(recipe, resumed, resume=True, workers=2, use_gpu=False)
+    finally:
+        ray.shutdown()
+    a, b = losses(full), losses(resumed)
+    assert len(a) == len(b) == 5
+    for x, y in zip(a[2:], b[2:]):  # steps 3..5 recomputed after resuming from step 2
+        assert x.keys() == y.keys() and all(y[t] == pytest.approx(x[t], rel=1e-6, abs=1e-7) for t in x)
+    records = [json.loads(line) for line in (resumed / "train.jsonl").read_text().splitlines()]
+    copied = [json.loads(line) for line in (full / "train.jsonl").read_text().splitlines()]
+    assert [r["time"] for r in records[:2]] == [r["time"] for r in copied[:2]]
+    assert all(r["time"] > c["time"] for r, c in zip(records[2:], copied[2:]))  # re-run, not copied
+    # final/ is a consolidated model dir; consolidating the last sharded checkpoint gives the same weights
+    end_a, end_b = weights(full / "final"), weights(resumed / "final")
+    whole = weights(consolidate(full / "checkpoints" / "step-00000005", tmp_path / "consolidated"))
+    assert end_a.keys() == end_b.keys() == whole.keys()
+    for k in end_a:
+        torch.testing.assert_close(end_b[k], end_a[k], rtol=1e-6, atol=1e-7)
+        assert torch.equal(whole[k], end_a[k]), k
+
+
+STAGE2_TRAINS = ["aligner", "generation_embeddings", "generation_aligner", "generation_head", "language_model", "lm_head"]
+
+
+def tiny_micro_batches(processor, seed: int, n: int = 8, micro: int = 2) -> tuple[list, dict]:
+    """n mixed rows (understanding with images, text, generation with VQ ids) in micro-batches of `micro`."""
+    from model.data import Encoder, micro_batches
+    from tests.model.conftest import sample_rows
+
+    enc = Encoder(processor, 256, 0.0, seed=seed, num_image_tokens=processor.num_image_tokens)
+    ids = [[(7 * i + k) % 256 for k in range(processor.num_image_tokens)] for i in range(3)]
+    rows = sample_rows(n, {"understanding": 1, "text": 1, "generation": 2}, seed=seed, image_tokens=ids, with_image=False)
+    examples = [enc.encode(row, i) for i, row in enumerate(rows)]
+    counts = {t: sum(ex.targets for ex in examples if ex.task == t) for t in ("understanding", "text", "generation")}
+    return micro_batches(examples, micro, enc.pad, processor.image_processor), counts
+
+
+def _accumulate_worker(rank: int, world: int, store: str, tiny_dir: str, out: str) -> None:
+    """One of two gloo ranks: shard the tiny model, then one step accumulated over 4 micro-batches,
+    once syncing only on the last (no_sync) and once syncing on every micro-batch."""
+    import contextlib
+
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    from model.freeze import apply_freezing
+    from model.losses import JanusLoss, combine
+    from model.parallel import World, decoder_layers, no_sync, parallelize
+    from model.tiny import load_janus
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model, processor = load_janus(tiny_dir, dtype=torch.float32)
+    apply_freezing(model, STAGE2_TRAINS)
+    layer_bytes = lambda: sum((p.to_local() if isinstance(p, DTensor) else p).nbytes for p in decoder_layers(module).parameters())  # noqa: E731
+    module = JanusLoss(model, touch_all=True)
+    before = layer_bytes()
+    module = parallelize(module, World(rank, world, torch.device("cpu")), fsdp=True)
+    after = layer_bytes()
+    micro, counts = tiny_micro_batches(processor, seed=rank)
+    totals = torch.tensor([counts[t] for t in sorted(counts)], dtype=torch.float64)
+    dist.all_reduce(totals)
+    counts = dict(zip(sorted(counts), totals.long().tolist()))
+    weights = {"understanding": 0.25, "text": 0.25, "generation": 0.5}
+    calls = []
+    reduce_scatter = dist.reduce_scatter_single
+
+    def counted(*args, **kwargs):  # the real collective, counted
+        calls.append(1)
+        return reduce_scatter(*args, **kwargs)
+
+    dist.reduce_scatter_single = counted
+    results = {}
+    for mode in ("accumulate", "sync_each"):
+        module.zero_grad(set_to_none=True)
+        calls.clear()
+        for i, mb in enumerate(micro):
+            ctx = no_sync(module, last=i == len(micro) - 1) if mode == "accumulate" else contextlib.nullcontext()
+            with ctx:
+                (combine(module(mb), weights, counts) * world).backward()
+        grads = {n: p.grad.full_tensor() for n, p in module.named_parameters() if p.grad is not None}
+        results[mode] = (len(calls), grads)
+    if rank == 0:
+        a, s = results["accumulate"][1], results["sync_each"][1]
+        diff = max((a[n] - s[n]).abs().max().item() for n in a)
+        groups = len(decoder_layers(module)) + 1
+        Path(out).write_text(json.dumps({"calls": {m: r[0] for m, r in results.items()}, "groups": groups, "micro": len(micro),
+                                         "max_grad_diff": diff, "same_keys": a.keys() == s.keys(), "grads": len(a),
+                                         "layer_bytes_before": before, "layer_bytes_after": after}))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_accumulation_reduce_scatters_once_per_step(tmp_path, tiny_dir):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "result.json"
+    mp.spawn(_accumulate_worker, args=(2, str(tmp_path / "store"), str(tiny_dir), str(out)), nprocs=2)
+    r = json.loads(out.read_text())
+    print(r)
+    assert r["micro"] == 4
+    # one reduce-scatter per FSDP group (each decoder layer, the root) per step, not per micro-batch
+    assert r["calls"] == {"accumulate": r["groups"], "sync_each": r["micro"] * r["groups"]}
+    assert r["same_keys"] and r["grads"] > 0 and r["max_grad_diff"] < 1e-6
+    # sharded init: after fully_shard each rank holds half of every decoder layer, measured
+    assert r["layer_bytes_after"] == pytest.approx(r["layer_bytes_before"] / 2, rel=0.05)
+
+
+def test_sharded_activation_checkpointing_keeps_loss_and_grads(tiny_dir):
+    from model.freeze import apply_freezing
+    from model.losses import JanusLoss, combine
+    from model.parallel import World, decoder_layers, parallelize
+    from model.tiny import load_janus
+
+    results = {}
+    for ac in (False, True):
+        model, processor = load_janus(tiny_dir, dtype=torch.float32)
+        apply_freezing(model, STAGE2_TRAINS)
+        model.train()  # checkpointing applies in training mode only
+        module = parallelize(JanusLoss(model), World(), fsdp=False, activation_checkpointing=ac)
+        forwards = []
+        decoder_layers(module)[0].self_attn.register_forward_hook(lambda *_: forwards.append(1))
+        micro, counts = tiny_micro_batches(processor, seed=1)
+        torch.manual_seed(0)
+        loss = sum(combine(module(mb), {"understanding": 0.25, "text": 0.25, "generation": 0.5}, counts) for mb in micro)
+        loss.backward()
+        results[ac] = loss.item(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, len(forwards)
+    (plain, plain_grads, plain_fwd), (ckpt, ckpt_grads, ckpt_fwd) = results[False], results[True]
+    assert (plain_fwd, ckpt_fwd) == (len(micro), 2 * len(micro))  # layer 0 recomputed in backward: the switch is on
+    assert ckpt == pytest.approx(plain, rel=1e-6)
+    assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) > 0
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
