@@ -1,6 +1,10 @@
 """Sharded state (FSDP, 2 CPU workers on gloo): DCP checkpoints written per rank and resumed on the
 same loss curve, a truncated checkpoint skipped, gradient accumulation without a reduce-scatter
-per micro-batch, sharded init, and activation checkpointing that changes no number."""
+per micro-batch, sharded init, and activation checkpointing that changes no number.
+
+The two workers are processes started with torch.multiprocessing (a gloo group over a FileStore)
+running the real Trainer: the Ray Train launcher around it is covered by test_distributed.py,
+and starting Ray twice would cost most of this module's time budget."""
 
 from __future__ import annotations
 
@@ -32,67 +36,6 @@ def rank_tensor_bytes(checkpoint: Path, prefix: str) -> dict[str, int]:
     return per_file
 
 
-@pytest.mark.slow
-def test_sharded_checkpoint_resume_continues_the_uninterrupted_loss_curve(tmp_path, tiny_dir, tiny_build, caplog):
-    ray = pytest.importorskip("ray")
-    from model.distributed import run_distributed
-
-    # 16-row steps on 2 workers x micro 2: four micro-batches per worker per step (accumulated
-    # without a reduce-scatter until the last); checkpoints at steps 2, 4 and 5.
-    path = recipe_file(tmp_path, 2, schedule__steps=5, checkpoint_every=2, keep_checkpoints=3, batch__micro=2, fsdp=True)
-    recipe = load_train_recipe(path, data=tiny_build, init=tiny_dir)
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    try:
-        run_distributed(recipe, full, resume=False, workers=2, use_gpu=False)
-
-        # No rank wrote the whole state: each file holds about half of the sharded decoder layers
-        # (weights and both AdamW moments), by DCP's own record of what went where.
-        step4 = full / "checkpoints" / "step-00000004"
-        layers = rank_tensor_bytes(step4, "model.model.model.language_model.layers.")
-        layer_bytes = sum(v.numel() * 4 for k, v in weights(tiny_dir).items() if k.startswith("model.language_model.layers."))
-        assert sorted(layers) == ["__0_0.distcp", "__1_0.distcp"]
-        assert all(0.45 * layer_bytes <= n <= 0.55 * layer_bytes for n in layers.values()), (layers, layer_bytes)
-        moments = rank_tensor_bytes(step4, "optimizer.state.model.model.language_model.layers.")
-        assert all(0.45 * 2 * layer_bytes <= n <= 0.55 * 2 * layer_bytes for n in moments.values()), moments
-        files = {f.name: f.stat().st_size for f in (step4 / SHARDED_DIR).glob("*.distcp")}
-        assert max(files.values()) < 0.75 * sum(files.values()), files
-
-        # "Stop after step 4": a run dir holding the checkpoints of steps 2 and 4 and the log; then
-        # truncate one rank's shard file of step 4 (a copy cut short).
-        (resumed / "checkpoints").mkdir(parents=True)
-        for name in ("step-00000002", "step-00000004", "latest"):
-            src = full / "checkpoints" / name
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, resumed / "checkpoints" / name)
-        (resumed / "checkpoints" / "latest").write_text("step-00000004")
-        shutil.copy(full / "train.jsonl", resumed / "train.jsonl")
-        shard = resumed / "checkpoints" / "step-00000004" / SHARDED_DIR / "__1_0.distcp"
-        with shard.open("r+b") as f:
-            f.truncate(shard.stat().st_size // 2)
-        with caplog.at_level(logging.WARNING, logger="janus_forge.checkpoint"):
-            chosen = Checkpointer(resumed).latest()
-        assert chosen.name == "step-00000002"
-        assert "step-00000004: sharded/__1_0.distcp has" in caplog.text and "previous complete one" in caplog.text
-
-        run_distributed(recipe, resumed, resume=True, workers=2, use_gpu=False)
-    finally:
-        ray.shutdown()
-    a, b = losses(full), losses(resumed)
-    assert len(a) == len(b) == 5
-    for x, y in zip(a[2:], b[2:]):  # steps 3..5 recomputed after resuming from step 2
-        assert x.keys() == y.keys() and all(y[t] == pytest.approx(x[t], rel=1e-6, abs=1e-7) for t in x)
-    records = [json.loads(line) for line in (resumed / "train.jsonl").read_text().splitlines()]
-    copied = [json.loads(line) for line in (full / "train.jsonl").read_text().splitlines()]
-    assert [r["time"] for r in records[:2]] == [r["time"] for r in copied[:2]]
-    assert all(r["time"] > c["time"] for r, c in zip(records[2:], copied[2:]))  # re-run, not copied
-    # final/ is a consolidated model dir; consolidating the last sharded checkpoint gives the same weights
-    end_a, end_b = weights(full / "final"), weights(resumed / "final")
-    whole = weights(consolidate(full / "checkpoints" / "step-00000005", tmp_path / "consolidated"))
-    assert end_a.keys() == end_b.keys() == whole.keys()
-    for k in end_a:
-        torch.testing.assert_close(end_b[k], end_a[k], rtol=1e-6, atol=1e-7)
-        assert torch.equal(whole[k], end_a[k]), k
-
-
 STAGE2_TRAINS = ["aligner", "generation_embeddings", "generation_aligner", "generation_head", "language_model", "lm_head"]
 
 
@@ -109,9 +52,33 @@ def tiny_micro_batches(processor, seed: int, n: int = 8, micro: int = 2) -> tupl
     return micro_batches(examples, micro, enc.pad, processor.image_processor), counts
 
 
-def _accumulate_worker(rank: int, world: int, store: str, tiny_dir: str, out: str) -> None:
-    """One of two gloo ranks: shard the tiny model, then one step accumulated over 4 micro-batches,
-    once syncing only on the last (no_sync) and once syncing on every micro-batch."""
+def _worker(rank: int, world: int, store: str, job: dict) -> None:
+    """One of two gloo ranks: the accumulation measurement (if asked), then a Trainer run (if asked)."""
+    import torch.distributed as dist
+
+    from model.train import Trainer
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        if "accumulate" in job:
+            _accumulate(rank, world, job["tiny_dir"], job["accumulate"])
+        if "train" in job:
+            recipe = load_train_recipe(job["recipe"], data=job["data"], init=job["tiny_dir"])
+            Trainer(recipe, Path(job["train"]), resume=job["resume"]).train()
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(**job) -> None:
+    import torch.multiprocessing as mp
+
+    store = Path(job.pop("store"))
+    mp.spawn(_worker, args=(2, str(store), job), nprocs=2)
+
+
+def _accumulate(rank: int, world: int, tiny_dir: str, out: str) -> None:
+    """Shard the tiny model, then one step accumulated over 4 micro-batches, once syncing only on
+    the last (no_sync) and once syncing on every micro-batch."""
     import contextlib
 
     import torch.distributed as dist
@@ -122,7 +89,6 @@ def _accumulate_worker(rank: int, world: int, store: str, tiny_dir: str, out: st
     from model.parallel import World, decoder_layers, no_sync, parallelize
     from model.tiny import load_janus
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model, processor = load_janus(tiny_dir, dtype=torch.float32)
     apply_freezing(model, STAGE2_TRAINS)
@@ -161,23 +127,69 @@ def _accumulate_worker(rank: int, world: int, store: str, tiny_dir: str, out: st
         Path(out).write_text(json.dumps({"calls": {m: r[0] for m, r in results.items()}, "groups": groups, "micro": len(micro),
                                          "max_grad_diff": diff, "same_keys": a.keys() == s.keys(), "grads": len(a),
                                          "layer_bytes_before": before, "layer_bytes_after": after}))
-    dist.destroy_process_group()
+    dist.reduce_scatter_single = reduce_scatter
 
 
 @pytest.mark.slow
-def test_sharded_accumulation_reduce_scatters_once_per_step(tmp_path, tiny_dir):
-    import torch.multiprocessing as mp
+def test_sharded_checkpoint_resume_continues_the_uninterrupted_loss_curve(tmp_path, tiny_dir, tiny_build, caplog):
+    # 16-row steps on 2 workers x micro 2: four micro-batches per worker per step (accumulated
+    # without a reduce-scatter until the last); checkpoints at steps 2, 4 and 5.
+    recipe = recipe_file(tmp_path, 2, schedule__steps=5, checkpoint_every=2, keep_checkpoints=3, batch__micro=2, fsdp=True)
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    job = {"tiny_dir": str(tiny_dir), "data": str(tiny_build), "recipe": str(recipe)}
+    spawn(store=tmp_path / "store1", accumulate=str(tmp_path / "accumulate.json"), train=str(full), resume=False, **job)
 
-    out = tmp_path / "result.json"
-    mp.spawn(_accumulate_worker, args=(2, str(tmp_path / "store"), str(tiny_dir), str(out)), nprocs=2)
-    r = json.loads(out.read_text())
-    print(r)
-    assert r["micro"] == 4
-    # one reduce-scatter per FSDP group (each decoder layer, the root) per step, not per micro-batch
-    assert r["calls"] == {"accumulate": r["groups"], "sync_each": r["micro"] * r["groups"]}
-    assert r["same_keys"] and r["grads"] > 0 and r["max_grad_diff"] < 1e-6
-    # sharded init: after fully_shard each rank holds half of every decoder layer, measured
-    assert r["layer_bytes_after"] == pytest.approx(r["layer_bytes_before"] / 2, rel=0.05)
+    # Gradient accumulation: one reduce-scatter per FSDP group (each decoder layer, the root) per
+    # step, not per micro-batch, and the same gradients as syncing every micro-batch.
+    acc = json.loads((tmp_path / "accumulate.json").read_text())
+    assert acc["micro"] == 4
+    assert acc["calls"] == {"accumulate": acc["groups"], "sync_each": acc["micro"] * acc["groups"]}, acc
+    assert acc["same_keys"] and acc["grads"] > 0 and acc["max_grad_diff"] < 1e-6, acc
+    # Sharded init, measured: after fully_shard a rank holds half of every decoder layer's bytes.
+    assert acc["layer_bytes_after"] == pytest.approx(acc["layer_bytes_before"] / 2, rel=0.05), acc
+
+    # No rank wrote the whole state: each file holds about half of the sharded decoder layers
+    # (weights and both AdamW moments), by DCP's own record of what went where.
+    step4 = full / "checkpoints" / "step-00000004"
+    layers = rank_tensor_bytes(step4, "model.model.model.language_model.layers.")
+    layer_bytes = sum(v.numel() * 4 for k, v in weights(tiny_dir).items() if k.startswith("model.language_model.layers."))
+    assert sorted(layers) == ["__0_0.distcp", "__1_0.distcp"]
+    assert all(0.45 * layer_bytes <= n <= 0.55 * layer_bytes for n in layers.values()), (layers, layer_bytes)
+    moments = rank_tensor_bytes(step4, "optimizer.state.model.model.language_model.layers.")
+    assert all(0.45 * 2 * layer_bytes <= n <= 0.55 * 2 * layer_bytes for n in moments.values()), moments
+    files = {f.name: f.stat().st_size for f in (step4 / SHARDED_DIR).glob("*.distcp")}
+    assert max(files.values()) < 0.75 * sum(files.values()), files
+
+    # "Stopped after step 4": a run dir with the checkpoints of steps 2 and 4 and the log; then
+    # one rank's shard file of step 4 is truncated (a copy cut short).
+    (resumed / "checkpoints").mkdir(parents=True)
+    for name in ("step-00000002", "step-00000004"):
+        shutil.copytree(full / "checkpoints" / name, resumed / "checkpoints" / name)
+    (resumed / "checkpoints" / "latest").write_text("step-00000004")
+    shutil.copy(full / "train.jsonl", resumed / "train.jsonl")
+    shard = resumed / "checkpoints" / "step-00000004" / SHARDED_DIR / "__1_0.distcp"
+    with shard.open("r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    with caplog.at_level(logging.WARNING, logger="janus_forge.checkpoint"):
+        assert Checkpointer(resumed).latest().name == "step-00000002"
+    assert "step-00000004: sharded/__1_0.distcp has" in caplog.text and "previous complete one" in caplog.text
+
+    spawn(store=tmp_path / "store2", train=str(resumed), resume=True, **job)  # fresh processes and group
+    a, b = losses(full), losses(resumed)
+    assert len(a) == len(b) == 5
+    for x, y in zip(a[2:], b[2:]):  # steps 3..5 recomputed after resuming from step 2
+        assert x.keys() == y.keys() and all(y[t] == pytest.approx(x[t], rel=1e-6, abs=1e-7) for t in x), (a, b)
+    records = [json.loads(line) for line in (resumed / "train.jsonl").read_text().splitlines()]
+    copied = [json.loads(line) for line in (full / "train.jsonl").read_text().splitlines()]
+    assert [r["time"] for r in records[:2]] == [r["time"] for r in copied[:2]]
+    assert all(r["time"] > c["time"] for r, c in zip(records[2:], copied[2:]))  # re-run, not the copied lines
+    # final/ is a consolidated model dir; consolidating the last sharded checkpoint gives the same weights
+    end_a, end_b = weights(full / "final"), weights(resumed / "final")
+    whole = weights(consolidate(full / "checkpoints" / "step-00000005", tmp_path / "consolidated"))
+    assert end_a.keys() == end_b.keys() == whole.keys()
+    for k in end_a:
+        torch.testing.assert_close(end_b[k], end_a[k], rtol=1e-6, atol=1e-7)
+        assert torch.equal(whole[k], end_a[k]), k
 
 
 def test_sharded_activation_checkpointing_keeps_loss_and_grads(tiny_dir):
