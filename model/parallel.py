@@ -5,9 +5,11 @@ model is loaded on the CPU, and `fully_shard` is applied one decoder layer at a 
 that layer to the device, keeps this rank's 1/world slice of it and frees the rest before the next
 layer moves. Peak device memory while sharding is therefore this rank's shards plus one whole
 layer (for the root's own parameters - embeddings, vision tower, heads - it is those, whole, once),
-not the whole model: a 7B fp32 model (28 GB) never lands on one 40 GB card. The frozen VQ model
-stays whole on every rank (it encodes images in the loader thread). The host copy that load_janus
-made is released once the weights are on the device.
+not the whole model: a 7B fp32 model (28 GB) never lands on one 40 GB card. Only rank 0 loads
+the weights (into host memory); the other ranks build the model on the meta device (no storage),
+allocate their shards after sharding, and receive their slices from rank 0, so a node of 8 ranks
+holds one host copy, not 8. The frozen VQ model stays whole on every rank (it encodes images in
+the loader thread).
 """
 
 from __future__ import annotations
@@ -71,13 +73,23 @@ def parallelize(module: nn.Module, world: World, fsdp: bool, activation_checkpoi
         return module if world.size == 1 else _ddp(module, world)
     from torch.distributed.fsdp import fully_shard
 
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
     # The VQ model is frozen and runs outside the training forward (on-the-fly encoding in
     # the loader thread, sample decoding): keep it whole on every rank.
     vq = module.model.model.vqmodel
+    whole = module.state_dict() if world.main else {}  # rank 0's host copy; other ranks are on meta
     for layer in decoder_layers(module):
         fully_shard(layer)  # moves this layer to the device, then keeps only this rank's shard there
     root = fully_shard(module, ignored_params=set(vq.parameters()))
+    if any(p.is_meta for p in root.parameters()):
+        root.to_empty(device=world.device)  # storage for this rank's shards (and the VQ) only
     vq.to(world.device)  # ignored by FSDP, so not moved by it
+    # Every rank receives its slices of rank 0's weights (one tensor at a time through the device)
+    # and all buffers, the non-persistent ones (rotary frequencies) included.
+    set_model_state_dict(root, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in root.buffers():
+        dist.broadcast(buffer, src=0)
     return root
 
 

@@ -22,7 +22,7 @@ from model.losses import JanusLoss, combine
 from model.metrics import MetricsLog, ratio_drift, save_loss_plot
 from model.parallel import World, all_reduce_sum, autocast, no_sync, parallelize, sharded
 from model.shards import ShardSet
-from model.tiny import check_model_dir, load_janus
+from model.tiny import check_model_dir, load_janus, load_janus_empty
 from pipeline.schema import TASKS
 
 log = logging.getLogger("janus_forge.train")
@@ -86,7 +86,9 @@ class Trainer:
         # A full checkpoint is a model dir; a sharded one holds weights only as DCP shards, which
         # Checkpointer.load reads into the sharded model built from the init's architecture.
         full = resume_from is not None and checkpoint_format(resume_from) == "full"
-        self.model, self.processor = load_janus(resume_from if full else resolve_init(recipe.init), dtype=MASTER_DTYPE)
+        # FSDP: only rank 0 reads the weights; the others get their shards from it (model/parallel.py).
+        load = load_janus if self.world.main or not self.sharded else load_janus_empty
+        self.model, self.processor = load(resume_from if full else resolve_init(recipe.init), dtype=MASTER_DTYPE)
         self.trainable = apply_freezing(self.model, recipe.trainable)
         log.info("stage %s trains %s", recipe.stage, {g: n for g, n in self.trainable.items() if n})
         self.module = parallelize(JanusLoss(self.model, touch_all=self.sharded), self.world, recipe.fsdp,

@@ -87,16 +87,24 @@ def _accumulate(rank: int, world: int, tiny_dir: str, out: str) -> None:
     from model.freeze import apply_freezing
     from model.losses import JanusLoss, combine
     from model.parallel import World, decoder_layers, no_sync, parallelize
-    from model.tiny import load_janus
+    from model.tiny import load_janus, load_janus_empty
 
     torch.manual_seed(0)
-    model, processor = load_janus(tiny_dir, dtype=torch.float32)
+    # as the Trainer does: rank 0 reads the weights, rank 1 builds the model on the meta device
+    model, processor = (load_janus if rank == 0 else load_janus_empty)(tiny_dir, dtype=torch.float32)
     apply_freezing(model, STAGE2_TRAINS)
-    layer_bytes = lambda: sum((p.to_local() if isinstance(p, DTensor) else p).nbytes for p in decoder_layers(module).parameters())  # noqa: E731
     module = JanusLoss(model, touch_all=True)
-    before = layer_bytes()
+
+    def held(params) -> int:  # bytes of parameter storage this rank holds (meta holds none)
+        local = [p.to_local() if isinstance(p, DTensor) else p for p in params]
+        return sum(t.nbytes for t in local if not t.is_meta)
+
+    before = {"layers": held(decoder_layers(module).parameters()), "model": held(module.parameters())}
     module = parallelize(module, World(rank, world, torch.device("cpu")), fsdp=True)
-    after = layer_bytes()
+    after = {"layers": held(decoder_layers(module).parameters()), "model": held(module.parameters())}
+    full_layers = sum(p.numel() * 4 for p in decoder_layers(module).parameters())
+    with torch.no_grad():  # rank 1's shards hold rank 0's weights (the layer norms are not all ones)
+        norms = [p.full_tensor().sum().item() for p in decoder_layers(module)[0].parameters()]
     micro, counts = tiny_micro_batches(processor, seed=rank)
     totals = torch.tensor([counts[t] for t in sorted(counts)], dtype=torch.float64)
     dist.all_reduce(totals)
@@ -120,13 +128,13 @@ def _accumulate(rank: int, world: int, tiny_dir: str, out: str) -> None:
                 (combine(module(mb), weights, counts) * world).backward()
         grads = {n: p.grad.full_tensor() for n, p in module.named_parameters() if p.grad is not None}
         results[mode] = (len(calls), grads)
-    if rank == 0:
-        a, s = results["accumulate"][1], results["sync_each"][1]
-        diff = max((a[n] - s[n]).abs().max().item() for n in a)
-        groups = len(decoder_layers(module)) + 1
-        Path(out).write_text(json.dumps({"calls": {m: r[0] for m, r in results.items()}, "groups": groups, "micro": len(micro),
-                                         "max_grad_diff": diff, "same_keys": a.keys() == s.keys(), "grads": len(a),
-                                         "layer_bytes_before": before, "layer_bytes_after": after}))
+    a, s = results["accumulate"][1], results["sync_each"][1]
+    diff = max((a[n] - s[n]).abs().max().item() for n in a)
+    groups = len(decoder_layers(module)) + 1
+    Path(f"{out}.{rank}").write_text(json.dumps({
+        "calls": {m: r[0] for m, r in results.items()}, "groups": groups, "micro": len(micro), "max_grad_diff": diff,
+        "same_keys": a.keys() == s.keys(), "grads": len(a), "before": before, "after": after, "full_layers": full_layers,
+        "layer0_sums": norms}))
     dist.reduce_scatter_single = reduce_scatter
 
 
@@ -141,12 +149,18 @@ def test_sharded_checkpoint_resume_continues_the_uninterrupted_loss_curve(tmp_pa
 
     # Gradient accumulation: one reduce-scatter per FSDP group (each decoder layer, the root) per
     # step, not per micro-batch, and the same gradients as syncing every micro-batch.
-    acc = json.loads((tmp_path / "accumulate.json").read_text())
-    assert acc["micro"] == 4
-    assert acc["calls"] == {"accumulate": acc["groups"], "sync_each": acc["micro"] * acc["groups"]}, acc
-    assert acc["same_keys"] and acc["grads"] > 0 and acc["max_grad_diff"] < 1e-6, acc
-    # Sharded init, measured: after fully_shard a rank holds half of every decoder layer's bytes.
-    assert acc["layer_bytes_after"] == pytest.approx(acc["layer_bytes_before"] / 2, rel=0.05), acc
+    r0, r1 = (json.loads((tmp_path / f"accumulate.json.{r}").read_text()) for r in (0, 1))
+    for acc in (r0, r1):
+        assert acc["micro"] == 4
+        assert acc["calls"] == {"accumulate": acc["groups"], "sync_each": acc["micro"] * acc["groups"]}, acc
+        assert acc["same_keys"] and acc["grads"] > 0 and acc["max_grad_diff"] < 1e-6, acc
+        # Sharded init, measured: after sharding a rank holds half of every decoder layer's bytes
+        assert acc["after"]["layers"] == pytest.approx(acc["full_layers"] / 2, rel=0.05), acc
+    # rank 0 read the whole model; rank 1 held no parameter storage before sharding (meta device),
+    # and after it less than rank 0 had before (its shards, plus the frozen VQ kept whole)
+    assert r0["before"]["layers"] == r0["full_layers"] and r1["before"] == {"layers": 0, "model": 0}, (r0, r1)
+    assert r1["after"]["model"] < 0.8 * r0["before"]["model"], (r0, r1)
+    assert r1["layer0_sums"] == pytest.approx(r0["layer0_sums"])
 
     # No rank wrote the whole state: each file holds about half of the sharded decoder layers
     # (weights and both AdamW moments), by DCP's own record of what went where.
