@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMe
 
 from model.checkpoint import SHARDED_DIR, Checkpointer, consolidate
 from model.config import load_train_recipe
+from model.train import Trainer
 from tests.model.test_train import losses, recipe_file, weights
 
 
@@ -55,8 +56,6 @@ def tiny_micro_batches(processor, seed: int, n: int = 8, micro: int = 2) -> tupl
 def _worker(rank: int, world: int, store: str, job: dict) -> None:
     """One of two gloo ranks: the accumulation measurement (if asked), then a Trainer run (if asked)."""
     import torch.distributed as dist
-
-    from model.train import Trainer
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
@@ -103,8 +102,9 @@ def _accumulate(rank: int, world: int, tiny_dir: str, out: str) -> None:
     module = parallelize(module, World(rank, world, torch.device("cpu")), fsdp=True)
     after = {"layers": held(decoder_layers(module).parameters()), "model": held(module.parameters())}
     full_layers = sum(p.numel() * 4 for p in decoder_layers(module).parameters())
-    with torch.no_grad():  # rank 1's shards hold rank 0's weights (the layer norms are not all ones)
-        norms = [p.full_tensor().sum().item() for p in decoder_layers(module)[0].parameters()]
+    with torch.no_grad():  # rank 1 holds rank 0's weights: a layer's (gathered) and the VQ's (kept whole)
+        sums = [p.full_tensor().sum().item() for p in decoder_layers(module)[0].parameters()]
+        sums += [p.sum().item() for p in module.model.model.vqmodel.parameters()]
     micro, counts = tiny_micro_batches(processor, seed=rank)
     totals = torch.tensor([counts[t] for t in sorted(counts)], dtype=torch.float64)
     dist.all_reduce(totals)
@@ -134,7 +134,7 @@ def _accumulate(rank: int, world: int, tiny_dir: str, out: str) -> None:
     Path(f"{out}.{rank}").write_text(json.dumps({
         "calls": {m: r[0] for m, r in results.items()}, "groups": groups, "micro": len(micro), "max_grad_diff": diff,
         "same_keys": a.keys() == s.keys(), "grads": len(a), "before": before, "after": after, "full_layers": full_layers,
-        "layer0_sums": norms}))
+        "weight_sums": sums}))
     dist.reduce_scatter_single = reduce_scatter
 
 
@@ -160,7 +160,7 @@ def test_sharded_checkpoint_resume_continues_the_uninterrupted_loss_curve(tmp_pa
     # and after it less than rank 0 had before (its shards, plus the frozen VQ kept whole)
     assert r0["before"]["layers"] == r0["full_layers"] and r1["before"] == {"layers": 0, "model": 0}, (r0, r1)
     assert r1["after"]["model"] < 0.8 * r0["before"]["model"], (r0, r1)
-    assert r1["layer0_sums"] == pytest.approx(r0["layer0_sums"])
+    assert r1["weight_sums"] == pytest.approx(r0["weight_sums"])
 
     # No rank wrote the whole state: each file holds about half of the sharded decoder layers
     # (weights and both AdamW moments), by DCP's own record of what went where.
@@ -197,6 +197,14 @@ def test_sharded_checkpoint_resume_continues_the_uninterrupted_loss_curve(tmp_pa
     copied = [json.loads(line) for line in (full / "train.jsonl").read_text().splitlines()]
     assert [r["time"] for r in records[:2]] == [r["time"] for r in copied[:2]]
     assert all(r["time"] > c["time"] for r, c in zip(records[2:], copied[2:]))  # re-run, not the copied lines
+    # DCP reshards: one process (full format) resumes from the 2-worker sharded checkpoint of step 4
+    single = tmp_path / "single"
+    shutil.copytree(full / "checkpoints" / "step-00000004", single / "checkpoints" / "step-00000004")
+    (single / "checkpoints" / "latest").write_text("step-00000004")
+    shutil.copy(full / "train.jsonl", single / "train.jsonl")
+    Trainer(load_train_recipe(recipe, data=tiny_build, init=tiny_dir), single, resume=True).train()
+    last = losses(single)[4]
+    assert len(losses(single)) == 5 and all(last[t] == pytest.approx(a[4][t], rel=1e-4) for t in a[4])
     # final/ is a consolidated model dir; consolidating the last sharded checkpoint gives the same weights
     end_a, end_b = weights(full / "final"), weights(resumed / "final")
     whole = weights(consolidate(full / "checkpoints" / "step-00000005", tmp_path / "consolidated"))
