@@ -15,14 +15,16 @@ Layout under the run dir:
     final/                          the stage's result, a loadable model dir (the next stage's init, eval)
 
 A checkpoint is written to `step-N.tmp` and renamed, so a kill mid-save never leaves a half
-checkpoint behind `latest`. What the rename cannot catch (a truncated copy, a full disk on a
+checkpoint behind `latest` (sharded: the run dir must be on a file system every rank shares, as
+Ray Train's storage already is). What the rename cannot catch (a truncated copy, a full disk on a
 network file system, a partial sync) the manifest does: on resume every file's size is checked and
 a checkpoint that does not match is skipped, with a log line, for the previous complete one.
 
 final/ under FSDP is gathered once, at the end of the stage, to rank 0's CPU (`cpu_offload`: one
 parameter at a time passes through the device) and saved as safetensors. A sharded checkpoint of a
 run that never reached its end becomes a model dir with `python -m model.checkpoint consolidate
-RUN/checkpoints/step-N OUT` (DCP's dcp_to_torch_save, then save_pretrained; one process, no GPU).
+RUN/checkpoints/step-N OUT` (DCP reads the shards in one process, no GPU; then save_pretrained).
+Checkpoints written before manifests existed (full format) still load.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,15 @@ def write_manifest(path: Path, fmt: str) -> None:
     (path / MANIFEST).write_text(json.dumps({"format": fmt, "files": files}, indent=1))
 
 
+def _legacy(path: Path) -> bool:
+    """A full checkpoint written before manifests existed (renamed into place whole, so complete)."""
+    return not (path / MANIFEST).exists() and (path / STATE_FILE).is_file() and (path / "model.safetensors").is_file()
+
+
 def incomplete(path: Path) -> str | None:
     """Why `path` is not a complete checkpoint (missing manifest, missing or resized file), or None."""
+    if _legacy(path):
+        return None
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError) as err:
@@ -113,7 +121,7 @@ def incomplete(path: Path) -> str | None:
 
 
 def checkpoint_format(path: Path) -> str:
-    return json.loads((path / MANIFEST).read_text())["format"]
+    return "full" if _legacy(path) else json.loads((path / MANIFEST).read_text())["format"]
 
 
 class Checkpointer:
@@ -215,20 +223,22 @@ class Checkpointer:
 
 
 def consolidate(checkpoint: Path, out_dir: Path) -> Path:
-    """A sharded checkpoint as a loadable model dir (config, processor, model.safetensors); one process."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    """A sharded checkpoint as a loadable model dir (config, processor, model.safetensors); one process.
+
+    DCP reads the "model" entries only (not the optimizer), assembling each tensor from its rank
+    shards straight into the model's own: one copy of the weights in memory."""
     from transformers import AutoConfig, JanusForConditionalGeneration, JanusProcessor
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if (problem := incomplete(checkpoint)) is not None:
         raise CheckpointError(f"{checkpoint}: {problem}")
-    with tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
-        whole = Path(scratch) / "whole.pt"
-        dcp_to_torch_save(checkpoint / SHARDED_DIR, whole)
-        weights = torch.load(whole, map_location="cpu", weights_only=True)["model"]
-    model = JanusForConditionalGeneration._from_config(AutoConfig.from_pretrained(checkpoint, local_files_only=True),
-                                                       dtype=torch.float32)
-    model.load_state_dict({_strip(k): v for k, v in weights.items()}, strict=True)
+    if checkpoint_format(checkpoint) != "sharded":
+        raise CheckpointError(f"{checkpoint} is a full checkpoint: it is already a model dir")
+    config = AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+    model = JanusForConditionalGeneration._from_config(config, dtype=torch.float32)
+    # the trainer saved the loss wrapper's keys: `model.` + the model's own
+    weights = {"model": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    dcp.load(weights, checkpoint_id=checkpoint / SHARDED_DIR)  # no process group: one process reads all shards
     _save_model(model, JanusProcessor.from_pretrained(checkpoint, local_files_only=True), None, out_dir)
     return out_dir
 

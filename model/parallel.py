@@ -1,15 +1,15 @@
 """Device, precision and data-parallel wrapping of the loss module, in one place (no Ray here).
 
-FSDP (recipe `fsdp: true`, more than one worker) never puts the whole model on the device: the
-model is loaded on the CPU, and `fully_shard` is applied one decoder layer at a time; FSDP2 moves
-that layer to the device, keeps this rank's 1/world slice of it and frees the rest before the next
-layer moves. Peak device memory while sharding is therefore this rank's shards plus one whole
-layer (for the root's own parameters - embeddings, vision tower, heads - it is those, whole, once),
-not the whole model: a 7B fp32 model (28 GB) never lands on one 40 GB card. Only rank 0 loads
-the weights (into host memory); the other ranks build the model on the meta device (no storage),
-allocate their shards after sharding, and receive their slices from rank 0, so a node of 8 ranks
-holds one host copy, not 8. The frozen VQ model stays whole on every rank (it encodes images in
-the loader thread).
+FSDP (recipe `fsdp: true`, more than one worker) never materialises the whole model on a device,
+nor on more than one host process. Rank 0 alone reads the weights (into host memory); the other
+ranks build the model on the meta device (no storage). `fully_shard` is applied one decoder layer
+at a time: on rank 0 FSDP2 moves that layer to the device, keeps its 1/world slice and frees the
+rest before the next layer moves; the other ranks then allocate only their shards and receive
+their slices from rank 0, one tensor at a time. Peak device memory while sharding is a rank's
+shards plus one whole layer (for the root's own parameters - embeddings, vision tower, heads - it
+is those, whole, once): a 7B fp32 model (28 GB) never lands on one 40 GB card, and a node of 8
+ranks holds one host copy, not 8. The frozen VQ model stays whole on every rank (it encodes
+images in the loader thread).
 """
 
 from __future__ import annotations
@@ -71,9 +71,8 @@ def parallelize(module: nn.Module, world: World, fsdp: bool, activation_checkpoi
     if not sharded(world, fsdp):
         module.to(world.device)
         return module if world.size == 1 else _ddp(module, world)
-    from torch.distributed.fsdp import fully_shard
-
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
 
     # The VQ model is frozen and runs outside the training forward (on-the-fly encoding in
     # the loader thread, sample decoding): keep it whole on every rank.

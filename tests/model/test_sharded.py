@@ -239,3 +239,29 @@ def test_sharded_activation_checkpointing_keeps_loss_and_grads(tiny_dir):
     assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) > 0
     for name, grad in plain_grads.items():
         torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_sharded_manifest_fallback_and_legacy_checkpoints(tmp_path, caplog):
+    """latest() on real files: a checkpoint whose manifest does not match is passed over for the
+    previous complete one (here one written before manifests, which still loads); none complete
+    is an error that names each checkpoint's problem."""
+    from model.checkpoint import STATE_FILE, CheckpointError, checkpoint_format, write_manifest
+
+    root = tmp_path / "checkpoints"
+    old, new = root / "step-00000001", root / "step-00000002"
+    for path in (old, new):
+        (path / SHARDED_DIR).mkdir(parents=True)
+    (old / STATE_FILE).write_bytes(b"s" * 10)
+    (old / "model.safetensors").write_bytes(b"w" * 100)  # legacy full checkpoint: no manifest
+    (new / STATE_FILE).write_bytes(b"s" * 10)
+    (new / SHARDED_DIR / "__0_0.distcp").write_bytes(b"x" * 100)
+    write_manifest(new, "sharded")
+    (root / "latest").write_text(new.name)
+    assert Checkpointer(tmp_path).latest() == new and checkpoint_format(new) == "sharded"
+    (new / SHARDED_DIR / "__0_0.distcp").unlink()
+    with caplog.at_level(logging.WARNING, logger="janus_forge.checkpoint"):
+        assert Checkpointer(tmp_path).latest() == old and checkpoint_format(old) == "full"
+    assert "step-00000002: sharded/__0_0.distcp is missing" in caplog.text
+    (old / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no complete checkpoint.*step-00000002.*missing.*step-00000001: no readable manifest"):
+        Checkpointer(tmp_path).latest()
