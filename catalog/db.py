@@ -108,13 +108,24 @@ class Catalog:
                              [build_id, training_stage, e["source"], e["event"], e["position"], e["detail"]])
 
     def refresh_samples_view(self, shards_dir: Path) -> None:
-        """`samples`: every shard row, with the training stage and file it lives in."""
-        pattern = str(Path(shards_dir).resolve() / "*" / "*.parquet")
-        if not list(Path(shards_dir).glob("*/*.parquet")):
+        """`samples`: every training position of every stage (repeats included), its sample columns
+        joined from the payload file the index points at (pipeline/mix.py), with its stage and step."""
+        from pipeline.schema import SAMPLE_COLUMNS
+
+        shards_dir = Path(shards_dir).resolve()
+        if not list(shards_dir.glob("*/shard-*.parquet")):
             return
+        index = str(shards_dir / "*" / "shard-*.parquet")
+        root = str(shards_dir.parent)
+        files = [r[0] for r in self.con.execute("SELECT DISTINCT file FROM read_parquet(?)", [index]).fetchall()]
+        payload = "[" + ", ".join("'" + f"{root}/{f}".replace("'", "''") + "'" for f in sorted(files)) + "]"
+        columns = ", ".join(f'p."{c}"' for c in SAMPLE_COLUMNS)
         self.con.execute(
-            f"CREATE OR REPLACE VIEW samples AS SELECT regexp_extract(filename, '([^/]+)/[^/]+$', 1) AS training_stage, * "
-            f"FROM read_parquet('{pattern}', filename = true)"
+            f"CREATE OR REPLACE VIEW samples AS SELECT regexp_extract(i.filename, '([^/]+)/[^/]+$', 1) AS training_stage, "
+            f"i.step, {columns}, i.filename "
+            f"FROM read_parquet('{index}', filename = true) i "
+            f"JOIN read_parquet({payload}, filename = true, file_row_number = true, union_by_name = true) p "
+            f"ON p.filename = '{root}/' || i.file AND p.file_row_number = i.row"
         )
 
 

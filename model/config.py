@@ -139,6 +139,9 @@ class TrainRecipe(_Strict):
     # Recompute each decoder layer's activations in backward instead of keeping them (memory for
     # compute, about one extra forward); the loss and gradients are unchanged.
     activation_checkpointing: bool = False
+    # MFU denominator: one device's peak dense TFLOP/s for `precision`. Unset: looked up by GPU
+    # name (model/flops.py PEAK_TFLOPS); on a CPU or an unlisted GPU MFU is then not reported.
+    peak_tflops: PositiveFloat | None = None
     samples: SamplesConfig = SamplesConfig()
     eval: EvalConfig = EvalConfig()
     path: Path | None = None  # the file it came from (set by the loader)

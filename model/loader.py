@@ -5,13 +5,13 @@ from __future__ import annotations
 import queue
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 
 from model.data import Encoder, MicroBatch, fill_image_ids, micro_batches, packed_micro_count
-from model.shards import ShardSet
+from model.shards import ShardSet, rank_rows
 
 
 @dataclass
@@ -22,6 +22,7 @@ class StepData:
     targets: dict[str, int]  # target tokens per task in the global batch (loss normalisers)
     tokens: int  # sequence positions in the global batch (throughput)
     micro: list[MicroBatch]  # this worker's share
+    lengths: list[int] = field(default_factory=list)  # positions per example, global batch (model FLOPs)
 
 
 class Loader:
@@ -41,31 +42,31 @@ class Loader:
 
     def prepare(self, step: int, first: int, rows: list[dict]) -> StepData:
         per_rank = self.batch_size // self.world
-        mine = range(self.rank * per_rank, (self.rank + 1) * per_rank)
+        mine = rank_rows(self.batch_size, self.rank, self.world)
         # Every worker tokenises the whole global batch (cheap) to know the loss normalisers,
-        # but decodes images only for its own rows.
+        # but reads payload (images, VQ ids) and decodes images only for its own rows (ShardSet.batches).
         examples = [self.encoder.encode(row, first + i, with_image=i in mine) for i, row in enumerate(rows)]
         own = examples[mine.start : mine.stop]
         fill_image_ids(own, self.image_processor, self.encode_ids)
         targets: Counter = Counter()
         for ex in examples:
             targets[ex.task] += ex.targets if (ex.task != "generation" or ex.image_ids) else self.encoder.num_image_tokens
+        # Other workers' generation rows carry no VQ ids here (text only): count them at full length.
+        lengths = [ex.length if ex.task != "generation" or ex.image_ids else len(ex.input_ids) + self.encoder.num_image_tokens - 1
+                   for ex in examples]
         # The step loss does not depend on how rows are split into micro-batches (global
         # normalisers), so rows are grouped (padded) or packed for the least padding.
         count = None
         if self.pack_len is not None:  # every worker packs every worker's share: same forward count on all
-            # Other workers' generation rows may still lack their VQ ids: count them at full length.
-            lengths = [ex.length if ex.task != "generation" or ex.image_ids else len(ex.input_ids) + self.encoder.num_image_tokens - 1
-                       for ex in examples]
             count = packed_micro_count([lengths[r * per_rank : (r + 1) * per_rank] for r in range(self.world)],
                                        self.micro, self.pack_len)
         micro = micro_batches(own, self.micro, self.encoder.pad, self.image_processor, self.pack_len, count)
         return StepData(step, first, dict(Counter(ex.task for ex in examples)), dict(targets),
-                        sum(ex.length for ex in examples), micro)
+                        sum(lengths), micro, lengths)
 
     def _fill(self) -> None:
         try:
-            batches = self.shards.batches(self.batch_size, self.start_step)
+            batches = self.shards.batches(self.batch_size, self.start_step, self.rank, self.world)
             for step, (first, rows) in enumerate(batches, start=self.start_step):
                 item = self.prepare(step, first, rows)
                 while not self._stop.is_set():

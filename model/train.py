@@ -19,7 +19,7 @@ from model.freeze import apply_freezing, set_train_mode
 from model.generate import encode_image_tokens
 from model.loader import Loader, StepData
 from model.losses import JanusLoss, combine
-from model.metrics import MetricsLog, ratio_drift, save_loss_plot
+from model.metrics import MetricsLog, StepCost, cost_summary, ratio_drift, save_loss_plot
 from model.parallel import World, all_reduce_sum, autocast, no_sync, parallelize, sharded
 from model.shards import ShardSet
 from model.tiny import check_model_dir, load_janus, load_janus_empty
@@ -103,6 +103,8 @@ class Trainer:
         self.encoder = Encoder(self.processor, recipe.data.max_seq_len, recipe.cfg_drop, recipe.seed,
                                self.model.config.vision_config.num_image_tokens)
         self.metrics = MetricsLog(self.out / "train.jsonl", self.state.step if resume else None) if self.world.main else None
+        self.cost = StepCost(self.model.config, {g for g, n in self.trainable.items() if n}, recipe.precision,
+                             self.world.device, self.world.size, recipe.peak_tflops)
         if self.world.main:
             (self.out / "recipe.json").write_text(recipe.model_dump_json(indent=2))
 
@@ -174,7 +176,7 @@ class Trainer:
             "ratio_drift": ratio_drift(data.rows, {t: self.recipe.share(t) for t in TASKS}),
             "tokens": data.tokens, "tokens_per_s": data.tokens / (step_time + data_wait),
             "step_time": step_time, "data_wait": data_wait, "first_row": data.first_row, "workers": self.world.size,
-            "time": time.time(),
+            "time": time.time(), **self.cost.record(data.lengths, data.rows, data.targets, step_time + data_wait),
         }
 
     def log(self, record: dict, bar: tqdm) -> None:
@@ -223,4 +225,5 @@ def summary(log_path: Path, recipe: TrainRecipe, window: int = 4) -> dict:
         busy = sum(r["step_time"] + r["data_wait"] for r in steady)
         out["data_wait_share"] = sum(r["data_wait"] for r in steady) / busy if busy else 0.0
         out["first_step_data_wait_s"] = records[0]["data_wait"]
+        out.update(cost_summary(records))
     return out

@@ -54,6 +54,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from pipeline.export import export_stage
+
+    files = export_stage(Path(args.dir), args.stage, Path(args.out), args.rows_per_file, args.keep_image_bytes)
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="janus-forge", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -79,6 +87,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("sql", help='e.g. "SELECT * FROM stage_runs"')
     c.add_argument("--max-width", type=int, default=60, help="truncate cells wider than this")
     c.set_defaults(func=_catalog)
+
+    e = sub.add_parser("export", help="write a training stage's rows as self-contained Parquet (datasets.load_dataset opens it)")
+    e.add_argument("dir", help="build directory")
+    e.add_argument("--stage", required=True, help="training stage (DIR/shards/<stage>)")
+    e.add_argument("--out", required=True, help="output directory (part-NNNNN.parquet, in training order)")
+    e.add_argument("--rows-per-file", type=int, default=4096)
+    e.add_argument("--keep-image-bytes", action="store_true", help="keep generation rows' image bytes (default: VQ ids only)")
+    e.set_defaults(func=_export)
 
     rep = sub.add_parser("report", help="(re)write report.html for a repro or build directory")
     rep.add_argument("dir")

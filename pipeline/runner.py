@@ -78,7 +78,9 @@ def run_build(recipe: Recipe, options: BuildOptions) -> str:
                 continue
             used = {s: finals[s] for s in spec.sources}
             log.info("mixing %s: %d batches of %d", stage_name, spec.batches, recipe.mix.global_batch)
-            result = mix_stage(stage_name, spec, recipe.mix, used, out / "shards" / stage_name, build_id)
+            result = mix_stage(stage_name, spec, recipe.mix, used, out / "shards" / stage_name, build_id, run_jobs=_ray_shards)
+            log.info("%s: %d index shards written, %d already done", stage_name, result.written,
+                     len({s["path"] for s in result.shards}) - result.written)
             catalog.record_shards(build_id, stage_name, result.shards, result.events)
             _log_events(stage_name, result.events)
         catalog.refresh_samples_view(out / "shards")
@@ -262,6 +264,17 @@ class _RunStage:
             self.stage.committed()
             previous.unlink(missing_ok=True)
         return {"part": batch["part"]}
+
+
+def _ray_shards(write_shard, jobs: list, orders: list, tasks: list) -> list[dict]:
+    """One Ray task per index shard (pipeline/mix.py): each rebuilds its rows' order on its own."""
+    import ray
+
+    if not jobs:
+        return []
+    remote = ray.remote(num_cpus=1)(write_shard)
+    orders_ref = ray.put(orders)  # shared by every task, sent once
+    return ray.get([remote.remote(job, orders_ref, tasks) for job in jobs])
 
 
 def _map_items(items: list[dict], udf, source: str, what: str) -> None:

@@ -1,4 +1,4 @@
-"""Report section: tiny stage I-III training — loss curves per task and stage, samples, answers."""
+"""Report section: tiny stage I-III training — loss curves per task and stage, MFU and memory, samples, answers."""
 
 from __future__ import annotations
 
@@ -43,9 +43,14 @@ def render(ctx) -> str | None:
     if train_dir is None or not _stages(Path(train_dir)):
         return None
     runs = _stages(Path(train_dir))
-    rows = []
+    rows, costs = [], []
     for run in runs:
         summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {"loss": {}}
+        if "flops_per_token" in summary:
+            mfu = summary.get("mfu")
+            costs.append([run.name, summary["steps"], f"{summary['flops_per_token'] / 1e6:.2f}", f"{summary['tflops']:.4f}",
+                          "n/a (no peak for this device)" if mfu is None else f"{100 * mfu:.1f}%",
+                          f"{summary['peak_mem_gib']:.2f}"])
         for task, loss in summary["loss"].items():
             rows.append([run.name, task, f"{loss['first']:.3f}", f"{loss['last']:.3f}",
                          "yes" if loss["last"] < loss["first"] else "NO",
@@ -57,6 +62,13 @@ def render(ctx) -> str | None:
         _curves(ctx, runs),
         ctx.table(["stage", "task", "loss first", "loss last", "fell", "mean ratio drift", "data wait"], rows),
     ]
+    if costs:
+        parts += [
+            "<p>Model FLOPs per token (forward and backward of the parts that run, model/flops.py), achieved "
+            "TFLOP/s per device over the steps after the first, MFU against the device's peak (GPU table or the "
+            "recipe's <code>peak_tflops</code>), and peak memory (GPU: allocator peak; CPU: peak RSS).</p>",
+            ctx.table(["stage", "steps", "MFLOP/token", "TFLOP/s", "MFU", "peak memory GiB"], costs),
+        ]
     for run in runs:
         grid = run / "samples" / "grid.png"
         if grid.is_file():

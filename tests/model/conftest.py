@@ -65,7 +65,8 @@ def sample_rows(n: int, ratio: dict[str, int], seed: int = 0, image_tokens: list
 
 def write_shards(build_dir: Path, stage: str, rows: list[dict], global_batch: int, ratio: dict[str, int],
                  rows_per_shard: int = 64) -> Path:
-    """DIR/shards/<stage>/shard-NNNNN.parquet + _manifest.json, as the mix stage writes them."""
+    """DIR/shards/<stage>/shard-NNNNN.parquet + _manifest.json, materialised rows as `janus-forge export` writes
+    them (the mixer writes an index; model/shards.py reads both)."""
     root = build_dir / "shards" / stage
     root.mkdir(parents=True, exist_ok=True)
     table = to_shard(make_rows(rows))

@@ -30,5 +30,6 @@ def test_two_ray_workers_match_one_process(fsdp, tmp_path, tiny_dir, tiny_build)
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         assert a["rows"] == b["rows"] and (a["workers"], b["workers"]) == (1, 2)
+        assert a["model_flops"] == b["model_flops"]  # the global batch's FLOPs, however it is split
         for task in a["loss"]:
             assert b["loss"][task] == pytest.approx(a["loss"][task], rel=1e-4)

@@ -79,29 +79,59 @@ def run_cli(recipe: Path, out: Path, data: Path, init: Path, *extra: str) -> sub
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def losses(run: Path) -> list[dict]:
-    return [json.loads(l)["loss"] for l in (run / "train.jsonl").read_text().splitlines()]
+def records(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run / "train.jsonl").read_text().splitlines()]
+
+
+# Wall-clock fields; everything else in a step's record is a function of the data and the weights.
+TIMING = {"time", "step_time", "data_wait", "tokens_per_s", "tflops", "mfu", "peak_mem_gib"}
+
+
+def latest_step(run: Path) -> int | None:
+    marker = run / "checkpoints" / "latest"
+    text = marker.read_text().strip() if marker.is_file() else ""
+    return int(text.removeprefix("step-")) if text else None
 
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path, tiny_dir, tiny_build):
-    recipe = recipe_file(tmp_path, 2, schedule__steps=12, checkpoint_every=3)
-    full = run_cli(recipe, tmp_path / "full", tiny_build, tiny_dir)
-    assert full.wait(timeout=300) == 0, full.stderr.read()[-2000:]
+    """SIGKILL a real `train` process after a checkpoint and a step past it, rerun with --resume:
+    the per-step records (loss, grad norm, lr, data position) equal a clean run's bit for bit, each
+    step is logged once (the resumed run drops the killed run's records past its checkpoint and
+    rewrites them), and the final weights are identical."""
+    recipe = recipe_file(tmp_path, 2, schedule__steps=10, checkpoint_every=3)
+    full = run_cli(recipe, tmp_path / "full", tiny_build, tiny_dir)  # runs beside the killed one
     killed = run_cli(recipe, tmp_path / "killed", tiny_build, tiny_dir)
-    log = tmp_path / "killed" / "train.jsonl"
+    run = tmp_path / "killed"
     deadline = time.time() + 200
-    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 7):
-        time.sleep(0.05)
+    # Kill once a checkpoint exists and a later step has been logged: the records past the
+    # checkpoint are then the ones a resume must replace. Looked at while stopped (SIGSTOP), so
+    # no checkpoint can land between the look and the kill.
+    while time.time() < deadline and killed.poll() is None:
+        killed.send_signal(signal.SIGSTOP)
+        ckpt = latest_step(run)
+        if ckpt is not None and (run / "train.jsonl").read_text().count("\n") > ckpt:
+            break
+        killed.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
     killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    done = len(log.read_text().splitlines())
-    assert 7 <= done < 12, "the kill must land mid-run"
-    resumed = run_cli(recipe, tmp_path / "killed", tiny_build, tiny_dir, "--resume")
+    assert killed.wait() == -signal.SIGKILL
+    killed_at = time.time()
+    ckpt, before = latest_step(run), records(run)
+    assert ckpt is not None and ckpt < len(before) < 10, (ckpt, len(before))
+    with (run / "train.jsonl").open("a") as f:  # and a record torn by the kill mid-write
+        f.write('{"step": %d, "loss": {"te' % (len(before) + 1))
+    resumed = run_cli(recipe, run, tiny_build, tiny_dir, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
-    assert losses(tmp_path / "killed") == losses(tmp_path / "full")  # step for step, bit for bit
-    a, b = weights(tmp_path / "full" / "final"), weights(tmp_path / "killed" / "final")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert full.wait(timeout=300) == 0, full.stderr.read()[-2000:]
+    after, clean = records(run), records(tmp_path / "full")
+    assert [r["step"] for r in after] == list(range(1, 11))  # none missing, none twice
+    assert after[:ckpt] == before[:ckpt]  # the killed run's records up to its checkpoint are kept as written
+    assert all(r["time"] > killed_at for r in after[ckpt:])  # the rest were rewritten by the resumed run
+    for a, b in zip(after, clean):
+        assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}, a["step"]
+    a, b = weights(tmp_path / "full" / "final"), weights(run / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_losses_fall_and_logs(tmp_path, tiny_dir, tiny_build):
