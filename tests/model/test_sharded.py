@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMe
 from model.checkpoint import SHARDED_DIR, Checkpointer, consolidate
 from model.config import load_train_recipe
 from model.train import Trainer
-from tests.model.test_train import losses, recipe_file, weights
+from tests.model.test_train import TIMING, records, recipe_file, weights
 
 
 def rank_tensor_bytes(checkpoint: Path, prefix: str) -> dict[str, int]:
@@ -201,21 +201,20 @@ def test_sharded_checkpoint_resume_continues_the_uninterrupted_loss_curve(tmp_pa
     assert "step-00000004: sharded/__1_0.distcp has" in caplog.text and "previous complete one" in caplog.text
 
     spawn(store=tmp_path / "store2", train=str(resumed), resume=True, **job)  # fresh processes and group
-    a, b = losses(full), losses(resumed)
-    assert len(a) == len(b) == 5
-    assert b[2:] == a[2:]  # steps 3..5 recomputed after resuming from step 2: bit for bit
-    records = [json.loads(line) for line in (resumed / "train.jsonl").read_text().splitlines()]
-    copied = [json.loads(line) for line in (full / "train.jsonl").read_text().splitlines()]
-    assert [r["time"] for r in records[:2]] == [r["time"] for r in copied[:2]]
-    assert all(r["time"] > c["time"] for r, c in zip(records[2:], copied[2:]))  # re-run, not the copied lines
+    a, b = records(full), records(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    assert b[:2] == a[:2]  # the stopped run's records up to its checkpoint, kept as written
+    for x, y in zip(a[2:], b[2:]):  # steps 3..5 recomputed after resuming from step 2: bit for bit
+        assert y["time"] > x["time"]  # re-run, not the copied lines
+        assert {k: v for k, v in y.items() if k not in TIMING} == {k: v for k, v in x.items() if k not in TIMING}, y["step"]
     # DCP reshards: one process (full format) resumes from the 2-worker sharded checkpoint of step 4
     single = tmp_path / "single"
     shutil.copytree(full / "checkpoints" / "step-00000004", single / "checkpoints" / "step-00000004")
     (single / "checkpoints" / "latest").write_text("step-00000004")
     shutil.copy(full / "train.jsonl", single / "train.jsonl")
     Trainer(load_train_recipe(recipe, data=tiny_build, init=tiny_dir), single, resume=True).train()
-    last = losses(single)[4]
-    assert len(losses(single)) == 5 and all(last[t] == pytest.approx(a[4][t], rel=1e-4) for t in a[4])
+    last = records(single)[4]["loss"]
+    assert len(records(single)) == 5 and all(last[t] == pytest.approx(a[4]["loss"][t], rel=1e-4) for t in last)
     # final/ is a consolidated model dir; consolidating the last sharded checkpoint gives the same weights
     end_a, end_b = weights(full / "final"), weights(resumed / "final")
     whole = weights(consolidate(full / "checkpoints" / "step-00000005", tmp_path / "consolidated"))
