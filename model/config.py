@@ -136,6 +136,9 @@ class TrainRecipe(_Strict):
     # dtype (model/train.py); bf16 runs the forward under torch.autocast.
     precision: Literal["fp32", "bf16"] = Field("fp32", description="compute dtype: fp32, or bf16 autocast over fp32 weights")
     fsdp: bool = False  # shard parameters (7B); DDP otherwise
+    # Recompute each decoder layer's activations in backward instead of keeping them (memory for
+    # compute, about one extra forward); the loss and gradients are unchanged.
+    activation_checkpointing: bool = False
     # MFU denominator: one device's peak dense TFLOP/s for `precision`. Unset: looked up by GPU
     # name (model/flops.py PEAK_TFLOPS); on a CPU or an unlisted GPU MFU is then not reported.
     peak_tflops: PositiveFloat | None = None

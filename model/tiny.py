@@ -281,6 +281,19 @@ def load_janus(local_dir: str | Path, dtype: torch.dtype | None = None):
     return model, processor
 
 
+def load_janus_empty(local_dir: str | Path, dtype: torch.dtype = torch.float32):
+    """(model on the meta device, processor): the architecture with no storage. FSDP ranks other than
+    0 start from this and receive only their shards from rank 0 (model/parallel.py)."""
+    from transformers import AutoConfig
+
+    path = check_model_dir(local_dir)
+    with torch.device("meta"):
+        model = JanusForConditionalGeneration._from_config(AutoConfig.from_pretrained(path, local_files_only=True), dtype=dtype)
+    processor = JanusProcessor.from_pretrained(path, local_files_only=True)
+    model.eval()
+    return model, processor
+
+
 if __name__ == "__main__":
     import argparse
 

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 from transformers import get_constant_schedule_with_warmup
 
-from model.checkpoint import Checkpointer, TrainState
+from model.checkpoint import CheckpointError, Checkpointer, TrainState, checkpoint_format
 from model.config import TrainRecipe
 from model.data import Encoder
 from model.freeze import apply_freezing, set_train_mode
@@ -20,9 +20,9 @@ from model.generate import encode_image_tokens
 from model.loader import Loader, StepData
 from model.losses import JanusLoss, combine
 from model.metrics import MetricsLog, StepCost, cost_summary, ratio_drift, save_loss_plot
-from model.parallel import World, all_reduce_sum, autocast, no_sync, parallelize
+from model.parallel import World, all_reduce_sum, autocast, no_sync, parallelize, sharded
 from model.shards import ShardSet
-from model.tiny import check_model_dir, load_janus
+from model.tiny import check_model_dir, load_janus, load_janus_empty
 from pipeline.schema import TASKS
 
 log = logging.getLogger("janus_forge.train")
@@ -76,13 +76,23 @@ class Trainer:
         self.world = World(world.rank, world.size, device or world.device)
         self.shards = preflight(recipe, self.out, resume, self.world.size)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.checkpointer = Checkpointer(self.out, keep=recipe.keep_checkpoints)
-        resume_from = self.checkpointer.latest() if resume else None
+        self.sharded = sharded(self.world, recipe.fsdp)
+        self.checkpointer = Checkpointer(self.out, keep=recipe.keep_checkpoints, sharded=self.sharded)
+        try:
+            resume_from = self.checkpointer.latest() if resume else None
+        except CheckpointError as err:
+            raise TrainingError(str(err)) from None
         torch.manual_seed(recipe.seed)
-        self.model, self.processor = load_janus(resume_from or resolve_init(recipe.init), dtype=MASTER_DTYPE)
+        # A full checkpoint is a model dir; a sharded one holds weights only as DCP shards, which
+        # Checkpointer.load reads into the sharded model built from the init's architecture.
+        full = resume_from is not None and checkpoint_format(resume_from) == "full"
+        # FSDP: only rank 0 reads the weights; the others get their shards from it (model/parallel.py).
+        load = load_janus if self.world.main or not self.sharded else load_janus_empty
+        self.model, self.processor = load(resume_from if full else resolve_init(recipe.init), dtype=MASTER_DTYPE)
         self.trainable = apply_freezing(self.model, recipe.trainable)
         log.info("stage %s trains %s", recipe.stage, {g: n for g, n in self.trainable.items() if n})
-        self.module = parallelize(JanusLoss(self.model, touch_all=recipe.fsdp and self.world.size > 1), self.world, recipe.fsdp)
+        self.module = parallelize(JanusLoss(self.model, touch_all=self.sharded), self.world, recipe.fsdp,
+                                  recipe.activation_checkpointing)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         o = recipe.optim
         self.optimizer = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
@@ -147,7 +157,10 @@ class Trainer:
         losses = {t: (sums[i, 0] / sums[i, 1]).item() for i, t in enumerate(TASKS) if sums[i, 1] > 0}
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.recipe.optim.grad_clip).item()
         if not all(math.isfinite(v) for v in [*losses.values(), grad_norm]):
-            latest = self.checkpointer.latest()
+            try:
+                latest = self.checkpointer.latest()
+            except CheckpointError:
+                latest = None
             raise TrainingError(f"step {self.state.step + 1}: non-finite loss {losses} (grad norm {grad_norm}); stopped "
                                 f"without updating. Last good checkpoint: {latest or 'none (no checkpoint yet)'}")
         lr = self.scheduler.get_last_lr()[0]
@@ -188,7 +201,7 @@ class Trainer:
 
             save_loss_plot(self.out / "train.jsonl", self.out / "loss.png", self.recipe.name)
             # Sharded (FSDP) weights are not whole on any rank: sample from the saved final model then.
-            model = load_janus(final, dtype=MASTER_DTYPE)[0].to(self.world.device) if self.recipe.fsdp and self.world.size > 1 else self.model
+            model = load_janus(final, dtype=MASTER_DTYPE)[0].to(self.world.device) if self.sharded else self.model
             write_samples(model, self.processor, self.recipe, self.shards, self.out / "samples", self.world.device)
             (self.out / "summary.json").write_text(json.dumps(summary(self.out / "train.jsonl", self.recipe), indent=2))
         return final
