@@ -132,7 +132,7 @@ class Build:
                  "RAY_ADDRESS": "", **(env or {})},
             start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def kill_when(self, condition, timeout: float = 180) -> None:
+    def kill_when(self, condition, timeout: float = 600) -> None:
         """SIGKILL the whole process group (driver, raylet, GCS, workers, img2dataset) once `condition()` holds."""
         deadline = time.time() + timeout
         while not condition():
@@ -143,7 +143,7 @@ class Build:
         self.proc.wait()
         self.stop()
 
-    def finish(self, timeout: float = 300) -> str:
+    def finish(self, timeout: float = 600) -> str:
         rc = self.proc.wait(timeout)
         self.stop()
         out = self.output()

@@ -117,7 +117,7 @@ def test_disk_full_while_writing_a_partition(server, clean, tmp_path):
     out = tmp_path / "build"
     part = out / "work" / "photos" / "00-yfcc_metadata" / "part-00000-00001.parquet"
     full = Build(recipe, out, env={FAULT_ENOSPC_ENV: f"*/{part.parent.name}/{part.name}"})
-    rc = full.proc.wait(300)
+    rc = full.proc.wait(600)
     full.stop()
     log = full.output()
     assert rc != 0
