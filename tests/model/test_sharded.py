@@ -71,14 +71,15 @@ def _worker(rank: int, world: int, store: str, job: dict) -> None:
 
 
 def spawn(timeout_s: float = 300, **job) -> None:
-    """Two gloo workers. Forked: they inherit this process's imports (torch, transformers) instead of
-    paying them again, which is most of the cost; a hang fails the test instead of blocking the suite."""
+    """Two gloo workers, spawned: forked ones crashed (SIGSEGV) once earlier tests in the same
+    process had run Ray Train and torch's thread pools; a hang fails the test instead of blocking
+    the suite."""
     import time
 
     import torch.multiprocessing as mp
 
     store = Path(job.pop("store"))
-    workers = mp.start_processes(_worker, args=(2, str(store), job), nprocs=2, join=False, start_method="fork")
+    workers = mp.start_processes(_worker, args=(2, str(store), job), nprocs=2, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     while not workers.join(timeout=1):  # raises if a worker failed
         if time.monotonic() > deadline:
