@@ -31,7 +31,7 @@ from stages.prompt_clean import CleanPrompts
 from stages.prompt_source import MidjourneyPrompts
 from stages.yfcc import YfccCaptions, YfccMetadata
 from tests.bad_inputs import make_corpus
-from tests.stages.loopback import LoopbackServer
+from tests.stages.loopback import LoopbackServer, QuietHandler
 
 KEPT, FILTERED, FAILED = STATUS_KEPT, STATUS_FILTERED, STATUS_FAILED
 
@@ -210,33 +210,15 @@ class CorpusServer(LoopbackServer):
     """Serves the corpus images; /slow.jpg answers late, /loop redirects to itself, /to-other to 127.0.0.2."""
 
     def __init__(self, files: dict[str, bytes], other_base: str):
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 if self.path == "/loop":
-                    return self._redirect("/loop")
+                    return self.redirect("/loop")
                 if self.path == "/to-other":
-                    return self._redirect(f"{other_base}/ok.jpg")
+                    return self.redirect(f"{other_base}/ok.jpg")
                 if self.path == "/slow.jpg":
                     time.sleep(SLOW_S)  # past the stage timeout: the client has gone when it answers
-                body = files.get("/ok.jpg" if self.path == "/slow.jpg" else self.path)
-                try:
-                    if body is None:
-                        return self.send_error(404)
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def _redirect(self, location: str):
-                self.send_response(302)
-                self.send_header("Location", location)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
+                self.send_body(files.get("/ok.jpg" if self.path == "/slow.jpg" else self.path))
 
         super().__init__(Handler)
 

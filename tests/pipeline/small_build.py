@@ -8,7 +8,6 @@ the last step or rejected by exactly one step).
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from urllib.parse import quote_plus
 import duckdb
 
 from stages.yfcc import format_line
-from tests.stages.loopback import LoopbackServer, jpeg
+from tests.stages.loopback import LoopbackServer, QuietHandler, jpeg
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = REPO / "recipes" / "data" / "tiny" / "midjourney_prompts.jsonl"
@@ -71,24 +70,14 @@ class PhotoServer(LoopbackServer):
         self.waiting = 0
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 i = int(self.path.strip("/").split(".")[0]) if self.path[1:2].isdigit() else -1
                 if i >= 0 and i not in outer.open:
                     outer.waiting += 1
                     outer.gate.wait(60)
                 outer.hits.append(i)
-                if not 0 <= i < N_PHOTOS:
-                    self.send_error(404)
-                    return
-                body = jpeg(20 + 3 * i, 12 + i, (10 * i, 200 - 10 * i, 40))
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
+                self.send_body(jpeg(20 + 3 * i, 12 + i, (10 * i, 200 - 10 * i, 40)) if 0 <= i < N_PHOTOS else None)
 
         super().__init__(Handler)
 

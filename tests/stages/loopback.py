@@ -15,6 +15,32 @@ def jpeg(w: int, h: int, color=(200, 30, 30)) -> bytes:
     return buf.getvalue()
 
 
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """The tests' request handler base: answers with bytes or a redirect, logs nothing."""
+
+    def send_body(self, body: bytes | None) -> None:
+        """200 with `body`, 404 when it is None; a client that gave up (a timeout test) is no error."""
+        try:
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 class LoopbackServer:
     """Serves `handler` on (host, port) in a thread while the `with` block runs; port 0 picks a free one."""
 

@@ -1,6 +1,5 @@
 """download_images runs the real img2dataset against a real HTTP server on 127.0.0.1."""
 
-import http.server
 import io
 import os
 import time
@@ -14,7 +13,7 @@ from PIL import Image
 from pipeline.schema import make_rows
 from stages.base import StageContext, StageError
 from stages.download import DownloadImages, serve_directory
-from tests.stages.loopback import LoopbackServer, jpeg
+from tests.stages.loopback import LoopbackServer, QuietHandler, jpeg
 
 
 class Server(LoopbackServer):
@@ -24,25 +23,12 @@ class Server(LoopbackServer):
         self.hits: list[str] = []
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 outer.hits.append(self.path)
                 if self.path == "/slow.jpg":
                     time.sleep(3)
-                body = files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args):
-                pass
+                self.send_body(files.get(self.path))
 
         super().__init__(Handler)
 

@@ -4,7 +4,6 @@ Real img2dataset against a real HTTP server on 127.0.0.1; the partitions are com
 by the runner's own code (`_RunStage`, `_reopen`) without starting Ray.
 """
 
-import http.server
 import io
 import os
 import socket
@@ -22,7 +21,7 @@ from pipeline.schema import make_rows
 from stages.base import Stage, StageContext
 from stages.download import ATTEMPTS, TRANSIENT, DownloadImages
 from stages.download_errors import is_blocked, is_transient
-from tests.stages.loopback import LoopbackServer
+from tests.stages.loopback import LoopbackServer, QuietHandler
 from tests.stages.loopback import jpeg as _jpeg
 
 
@@ -38,23 +37,13 @@ class Server(LoopbackServer):
         self.unavailable = set(unavailable)
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 outer.hits.append(self.path)
                 if self.path in outer.unavailable:
                     self.send_error(503)
                     return
-                body = files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
+                self.send_body(files.get(self.path))
 
         super().__init__(Handler, port=port)
 

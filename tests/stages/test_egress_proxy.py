@@ -3,7 +3,6 @@
 Everything stays on loopback: servers on 127.0.0.1 and 127.0.0.2 (only 127.0.0.1/32 is allowed).
 """
 
-import http.server
 import os
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from stages.download import DownloadImages
 from stages.download_errors import GUARD_MARK
 from stages.egress_proxy import EgressProxy, proxy_environment
 from stages.netguard import UrlGuard
-from tests.stages.loopback import LoopbackServer
+from tests.stages.loopback import LoopbackServer, QuietHandler
 from tests.stages.loopback import jpeg as _jpeg
 
 
@@ -37,22 +36,12 @@ class Server(LoopbackServer):
         self.hits: list[tuple[str, str]] = []
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 outer.hits.append((self.path, self.headers.get("Host")))
                 if self.path.startswith("/to/"):
-                    self.send_response(302)
-                    self.send_header("Location", self.path[len("/to/"):])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
+                    return self.redirect(self.path[len("/to/"):])
+                self.send_body(body)
 
         super().__init__(Handler, host)
 
