@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def _worker(rank: int, world: int, store: str, job: dict) -> None:
             Trainer(recipe, Path(job["train"]), resume=job["resume"]).train()
     finally:
         dist.destroy_process_group()
+    # Done and written: leave without the interpreter's teardown, where a worker once died of
+    # SIGSEGV after finishing its run (gloo / torch thread pools at exit; CI on a fresh clone).
+    import logging
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(timeout_s: float = 300, **job) -> None:
