@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -154,7 +153,6 @@ class DownloadImages(Stage):
         fetched = {sid: res[self.config.encode_format] for sid, res in results.items() if res and res.get("status") == "success"}
         with ThreadPoolExecutor(max_workers=self.config.processes_count) as pool:
             futures = {sid: pool.submit(stored_image, data, self.config) for sid, data in fetched.items()}
-            concurrent.futures.wait(futures.values())
         return {sid: fut.result for sid, fut in futures.items()}
 
     def _verdict(self, res: dict | None, attempt: int) -> tuple[str, str | None, str | None]:
